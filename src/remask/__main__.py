@@ -1,0 +1,3 @@
+from remask.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""Typed, keyword-only configs, validated on construction, plus the presets.
+
+Every field documents itself through ``field(metadata={"help": ...})``; the CLI turns each
+field into a ``--section.field VALUE`` flag and shows that help text. YAML or JSON is only used
+to save a run's resolved config (``config.json`` in a checkpoint) and to read ``--config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from remask.errors import RemaskError
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """A LLaMA-style Transformer; ``causal=False`` is LLaDA's mask predictor."""
+
+    vocab_size: int = _help("number of token ids (tokenizer vocabulary, specials included)", 264)
+    d_model: int = _help("residual stream width", 256)
+    n_layer: int = _help("number of Transformer blocks", 4)
+    n_head: int = _help("attention heads", 4)
+    n_kv_head: int | None = _help("key/value heads for grouped-query attention (None: = n_head)", None)
+    ffn_hidden: int | None = _help("SwiGLU hidden width (None: about 8/3 d_model, rounded up to 64)", None)
+    max_seq_len: int = _help("longest sequence the model is used with (prompt + generation)", 256)
+    rope_theta: float = _help("rotary embedding base", 10000.0)
+    norm_eps: float = _help("RMSNorm epsilon", 1e-5)
+    causal: bool = _help("causal attention: True is the autoregressive baseline", False)
+    tie_embeddings: bool = _help("share the token embedding with the LM head", False)
+    mask_token_id: int = _help("id of the [MASK] token", 256)
+    eos_token_id: int = _help("id of end-of-text (also the padding id)", 257)
+    init_std: float = _help("std of the normal init of linear and embedding weights", 0.02)
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.ffn_hidden is None:
+            self.ffn_hidden = 64 * -(-int(8 * self.d_model / 3) // 64)
+        _check(self.d_model % self.n_head == 0, f"model.d_model={self.d_model} must be divisible by model.n_head={self.n_head}")
+        _check((self.d_model // self.n_head) % 2 == 0, "model.d_model / model.n_head must be even for rotary embeddings")
+        _check(self.n_head % self.n_kv_head == 0, f"model.n_head={self.n_head} must be a multiple of model.n_kv_head={self.n_kv_head}")
+        for name in ("vocab_size", "d_model", "n_layer", "n_head", "n_kv_head", "ffn_hidden", "max_seq_len"):
+            _check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+        for name in ("mask_token_id", "eos_token_id"):
+            tid = getattr(self, name)
+            _check(0 <= tid < self.vocab_size, f"model.{name}={tid} is outside the vocabulary (size {self.vocab_size})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The training loop shared by pre-training (mdm), the AR baseline (ar) and SFT."""
+
+    objective: Literal["mdm", "ar", "sft"] = _help("mdm: LLaDA pre-training; ar: next-token; sft: LLaDA SFT", "mdm")
+    seed: int = _help("seed for init, data order and masking noise", 1337)
+    batch_size: int = _help("global batch, in sequences", 16)
+    micro_batch_size: int | None = _help("sequences per forward pass (None: = batch_size); accumulates the rest", None)
+    seq_len: int = _help("training sequence length in tokens", 128)
+    max_steps: int = _help("optimizer steps (also the length of the LR schedule)", 2000)
+    time_budget: float | None = _help("stop after this many seconds of training (None: no limit)", None)
+    lr: float = _help("peak learning rate", 3e-3)
+    min_lr_ratio: float = _help("final LR as a fraction of the peak", 0.1)
+    warmup_steps: int = _help("linear warmup steps", 50)
+    schedule: Literal["cosine", "wsd"] = _help("after warmup: cosine decay, or warmup-stable-decay", "cosine")
+    decay_fraction: float = _help("wsd: fraction of max_steps spent in the final linear decay", 0.2)
+    weight_decay: float = _help("AdamW decay on matrices (not on norms or embeddings)", 0.1)
+    beta1: float = _help("AdamW beta1", 0.9)
+    beta2: float = _help("AdamW beta2", 0.95)
+    grad_clip: float = _help("clip the global gradient norm to this (0: off)", 1.0)
+    mask_eps: float = _help("LLaDA eps: masking probability p = (1 - eps) t + eps", 1e-3)
+    random_length_prob: float = _help("fraction of batches cut to a random length in 1..seq_len", 0.01)
+    eval_interval: int = _help("validate every this many steps (0: only at the end)", 200)
+    eval_batches: int = _help("validation batches (fixed windows and fixed noise)", 8)
+    eval_mc: int = _help("mask draws per validation window for the ELBO", 2)
+    log_interval: int = _help("append metrics every this many steps", 10)
+    ckpt_interval: int = _help("checkpoint every this many steps (0: only at the end)", 500)
+    device: str = _help("cpu, cuda, cuda:N or auto", "auto")
+    dtype: Literal["auto", "float32", "bfloat16"] = _help("autocast dtype (auto: bf16 on CUDA, fp32 on CPU)", "auto")
+    compile: bool = _help("torch.compile each block", False)
+    progress: bool = _help("show a progress bar", True)
+    samples: int = _help("samples printed (and saved) at the end of training", 3)
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size is None:
+            self.micro_batch_size = self.batch_size
+        for name in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_batches", "eval_mc", "log_interval"):
+            _check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
+        _check(self.batch_size % self.micro_batch_size == 0,
+               f"train.batch_size={self.batch_size} must be a multiple of train.micro_batch_size={self.micro_batch_size}")
+        _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        _check(0 < self.mask_eps < 1, f"train.mask_eps must be in (0, 1), got {self.mask_eps}")
+        _check(0 <= self.random_length_prob <= 1, "train.random_length_prob must be in [0, 1]")
+        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
+        _check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
+        _check(self.warmup_steps >= 0 and self.eval_interval >= 0 and self.ckpt_interval >= 0,
+               "train.warmup_steps, train.eval_interval and train.ckpt_interval must be >= 0")
+        _check(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
+        _check(self.objective in ("mdm", "ar", "sft"), f"train.objective must be mdm, ar or sft, got {self.objective!r}")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything a run needs; this is what ``config.json`` in a checkpoint holds."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return cls(model=build(ModelConfig, d.get("model", {}), "model"), train=build(TrainConfig, d.get("train", {}), "train"))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise RemaskError(message)
+
+
+# ----------------------------------------------------------------------------- presets
+# Presets are plain functions so they can compute fields; the CLI names them with --preset.
+
+def preset_tiny() -> RunConfig:
+    """A model that trains in seconds: for tests and smoke runs."""
+    return RunConfig(
+        model=ModelConfig(d_model=64, n_layer=2, n_head=4, max_seq_len=64),
+        train=TrainConfig(batch_size=8, seq_len=32, max_steps=20, warmup_steps=2, eval_interval=0,
+                          eval_batches=2, ckpt_interval=0, log_interval=5, samples=1),
+    )
+
+
+def preset_small() -> RunConfig:
+    """The default run: ~2.4M parameters, a few minutes on a 2-core CPU."""
+    return RunConfig(
+        model=ModelConfig(d_model=192, n_layer=4, n_head=6, max_seq_len=256),
+        train=TrainConfig(batch_size=16, seq_len=128, max_steps=1200, time_budget=285.0, lr=3e-3, warmup_steps=50,
+                          eval_interval=300, eval_batches=8, ckpt_interval=300),
+    )
+
+
+PRESETS = {"tiny": preset_tiny, "small": preset_small}
+
+
+# ----------------------------------------------------------------------------- overrides
+
+def build(cls: type, values: dict[str, Any], section: str) -> Any:
+    """Construct dataclass ``cls`` from a dict, rejecting unknown keys with a one-line error."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise RemaskError(f"unknown option {section}.{unknown[0]}; valid: {', '.join(sorted(names))}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+
+
+def coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert a CLI string (or a YAML value) to the field's declared type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return coerce(value, args[0], name)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise RemaskError(f"--{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    try:
+        if hint is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if hint in (int, float, str):
+            return hint(value)
+    except ValueError:
+        raise RemaskError(f"--{name} expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return a new RunConfig with ``{"train.lr": "1e-3", ...}`` applied and re-validated."""
+    d = cfg.to_dict()
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in d or not name:
+            raise RemaskError(f"unknown option --{key}; options look like --model.d_model or --train.lr")
+        d[section][name] = value
+    return RunConfig.from_dict(d)
+
+
+def describe_fields(cls: type) -> list[tuple[str, str, Any]]:
+    """(name, help, default) of every field, for ``--help`` output."""
+    return [(f.name, f.metadata.get("help", ""), f.default) for f in dataclasses.fields(cls)]

@@ -1,0 +1,183 @@
+"""The mask predictor: a LLaMA-style Transformer that returns logits, nothing else.
+
+RMSNorm, rotary position embeddings (rotate-half convention), SwiGLU, no biases and, with
+``causal=False`` (LLaDA), no causal mask anywhere. ``causal=True`` is the autoregressive
+baseline on the same code. There is no time input: LLaDA's predictor infers the noise level
+from the number of mask tokens it sees.
+
+Build on the meta device and call ``init_weights()`` (or load a state dict with ``assign=True``):
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device="cpu")
+    model.init_weights()
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from remask.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32 for stability under bf16 autocast, then cast back.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin for rotary embeddings at integer ``positions`` (B, L) -> two (B, 1, L, head_dim)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.float()[..., None] * inv_freq  # (B, L, head_dim/2)
+    angles = torch.cat([angles, angles], dim=-1)  # rotate-half layout: (B, L, head_dim)
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, L, D) by the position angles (rotate-half convention, as LLaMA/LLaDA)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = self.k_proj(x).view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
+        v = self.v_proj(x).view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.n_kv_head != self.n_head:  # grouped-query attention: share each K/V head
+            rep = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        # mask is None (plain causal or fully bidirectional) or a (B, 1, L, L) boolean "may attend".
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+        return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))  # (B, L, d_model)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, causal)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """tokens (B, L) -> logits (B, L, vocab_size)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the LM head; redo after ``to_empty`` or an ``assign=True`` load."""
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Normal(0, init_std) for embeddings and linears; residual outputs scaled by 1/sqrt(2 n_layer)."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.embed.weight.device).manual_seed(seed)
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.ndim == 1:  # RMSNorm gains
+                p.fill_(1.0)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.normal_(0.0, std / math.sqrt(2 * self.cfg.n_layer), generator=gen)
+            else:
+                p.normal_(0.0, std, generator=gen)
+
+    def forward(self, idx: Tensor, attn_mask: Tensor | None = None, position_ids: Tensor | None = None) -> Tensor:
+        """Logits for every position.
+
+        idx: (B, L) token ids. attn_mask: optional (B, L) bool, True for real tokens; padded keys
+        are hidden from every query. position_ids: optional (B, L) rotary positions; by default
+        0..L-1, or, with an attn_mask, the count of real tokens before each position, so a
+        left-padded prompt sees exactly the positions it would see alone.
+        """
+        B, L = idx.shape
+        if position_ids is None:
+            if attn_mask is None:
+                position_ids = torch.arange(L, device=idx.device).expand(B, L)
+            else:
+                position_ids = (attn_mask.long().cumsum(-1) - 1).clamp_min(0)
+        cos, sin = rope_tables(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
+        mask = None if attn_mask is None else attention_mask(attn_mask, self.cfg.causal)
+        x = self.embed(idx)  # (B, L, d_model)
+        for block in self.blocks:
+            x = block(x, cos, sin, mask, self.cfg.causal)
+        return self.lm_head(self.norm(x))  # (B, L, V)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if exclude_embeddings else n
+
+
+def attention_mask(key_mask: Tensor, causal: bool) -> Tensor:
+    """(B, L) key padding -> (B, 1, L, L) bool "query i may attend key j".
+
+    Every query also sees itself, so a padding row never has zero allowed keys (which would
+    make softmax NaN); padded positions' outputs are ignored by callers anyway.
+    """
+    L = key_mask.shape[-1]
+    allowed = key_mask[:, None, None, :].expand(-1, 1, L, L)  # (B, 1, L, L)
+    if causal:
+        allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=key_mask.device).tril()
+    return allowed | torch.eye(L, dtype=torch.bool, device=key_mask.device)
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
+    """Construct on the meta device (no wasted init), materialise on ``device``, then init."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device=device)
+    model.tie_weights()  # to_empty materialises each module's parameter separately
+    model.init_weights(seed)
+    return model

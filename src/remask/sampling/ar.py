@@ -1,0 +1,89 @@
+"""Autoregressive decoding for the ``causal=True`` baseline: left to right, one token per pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from remask.errors import RemaskError
+
+
+def _help(text: str, default: object) -> object:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(kw_only=True)
+class ARSampleConfig:
+    max_new_tokens: int = _help("tokens to generate", 64)
+    temperature: float = _help("0 is greedy", 0.0)
+    top_k: int | None = _help("sample among the k most likely tokens (None: all)", None)
+    top_p: float | None = _help("nucleus sampling mass (None: off)", None)
+    seed: int = _help("seed of the sampling generator", 0)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise RemaskError(f"--gen-length must be positive, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise RemaskError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k <= 0:
+            raise RemaskError(f"--top-k must be positive, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise RemaskError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class ARGeneration:
+    tokens: Tensor  # (B, max_new_tokens)
+    n_forward: int
+
+
+def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """Keep the top-k tokens and/or the smallest set whose probability reaches top_p.  (B, V)"""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.inference_mode()
+def ar_generate(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampleConfig, *, eos_id: int,
+                mask_id: int | None = None) -> ARGeneration:
+    """Decode left to right. Prompts of different lengths are left-padded with an attention mask.
+
+    Recomputes the whole prefix each step (no KV cache): simple and exact; the cached decoder
+    lives with the other caches.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise RemaskError("every prompt needs at least one token (e.g. the EOS id as a document start)")
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    limit = getattr(getattr(model, "cfg", None), "max_seq_len", None)
+    if limit is not None and width + cfg.max_new_tokens > limit:
+        raise RemaskError(f"prompt ({width} tokens) + --gen-length {cfg.max_new_tokens} exceeds the model context "
+                          f"of {limit} tokens; shorten the prompt or lower --gen-length")
+    x = torch.full((len(prompts), width), eos_id, dtype=torch.long, device=device)
+    attn = torch.zeros_like(x, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        x[i, width - len(p):] = torch.tensor(list(p), device=device)
+        attn[i, width - len(p):] = True
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    for _ in range(cfg.max_new_tokens):
+        logits = model(x, attn_mask=attn)[:, -1].float()  # (B, V)
+        if mask_id is not None:
+            logits[:, mask_id] = float("-inf")
+        if cfg.temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            probs = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
+            nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        x = torch.cat([x, nxt[:, None]], dim=1)
+        attn = torch.cat([attn, torch.ones_like(nxt[:, None], dtype=torch.bool)], dim=1)
+    return ARGeneration(x[:, width:], cfg.max_new_tokens)

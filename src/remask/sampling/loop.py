@@ -1,0 +1,317 @@
+"""LLaDA's reverse process: blocks of steps, each a forward pass, a draw, and a commit.
+
+Nie et al. 2025, Algorithm 4 (reverse process with low-confidence remasking) and Algorithm 5
+(semi-autoregressive remasking). The canvas starts as the prompt followed by ``gen_length``
+mask tokens. The generated region is cut into blocks of ``block_length``, filled left to right,
+``steps // num_blocks`` steps each. At every step:
+
+1. one forward pass gives logits for every position (with classifier-free guidance, one pass
+   over the doubled batch [conditional; unconditional], the unconditional copy having its
+   prompt masked, and logits = u + (w + 1)(c - u));
+2. a token x0 is drawn for every masked position (argmax at temperature 0, Gumbel-max above);
+3. a rule (``rules.RULES``) scores the masked positions of the current block, and the
+   schedule's number of them (``schedule.num_transfer_tokens``) with the highest scores is
+   committed; the rest stay masked ("remasked") for later steps.
+
+Committed and prompt tokens never change again. ``denoise`` is the loop itself, a generator of
+``StepEvent``s; ``generate`` (a prompt, then new text) and ``infill.infill`` (holes inside fixed
+text) only build its canvas. The engine knows nothing about tokenization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from remask.errors import RemaskError
+from remask.sampling.rules import NEG_INF, RULES, demote, select_topk
+from remask.sampling.schedule import num_transfer_tokens
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise RemaskError(message)
+
+
+@dataclass(kw_only=True)
+class SampleConfig:
+    """LLaDA's sampler settings (the arguments of its ``generate``)."""
+
+    gen_length: int = _help("number of tokens to generate after the prompt", 64)
+    steps: int = _help("denoising steps in total, shared equally by the blocks (one forward pass each)", 64)
+    block_length: int | None = _help("semi-autoregressive block length; must divide gen_length (None: one block)",
+                                     None)
+    temperature: float = _help("Gumbel-max sampling temperature (0: argmax, deterministic)", 0.0)
+    remasking: str = _help("which masked tokens to commit each step: a rule name, e.g. low_confidence or random",
+                           "low_confidence")
+    cfg_scale: float = _help("classifier-free guidance weight w (0: off; >0 doubles the forward passes)", 0.0)
+    logits_eos_inf: bool = _help("never generate EOS/EOT: their logits are set to -inf", False)
+    confidence_eos_eot_inf: bool = _help("commit EOS/EOT predictions only after every other token of the block",
+                                         False)
+    seed: int = _help("seed of the sampling noise (Gumbel draws, random remasking)", 0)
+
+    def __post_init__(self) -> None:
+        _check(self.gen_length > 0, f"--gen-length must be positive, got {self.gen_length}")
+        _check(self.steps > 0, f"--steps must be positive, got {self.steps}")
+        if self.block_length is not None:
+            _check(self.block_length > 0,
+                   f"--block-length must be positive (or None for one block), got {self.block_length}")
+            _check(self.gen_length % self.block_length == 0,
+                   f"--block-length {self.block_length} must divide --gen-length {self.gen_length}")
+        blocks = self.num_blocks
+        if self.steps % blocks:
+            suggestion = -(-self.steps // blocks) * blocks
+            raise RemaskError(f"--steps {self.steps} must be a multiple of the number of blocks "
+                              f"(--gen-length {self.gen_length} / --block-length {self.block_length} = {blocks}); "
+                              f"try --steps {suggestion}")
+        _check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
+        _check(self.cfg_scale >= 0, f"--cfg-scale must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
+        _check(self.remasking in RULES,
+               f"--remasking {self.remasking!r} is not a known rule; choose one of: {', '.join(sorted(RULES))}")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // (self.block_length or self.gen_length)
+
+
+@dataclass
+class StepEvent:
+    """What one denoising step did; ``denoise`` yields one per forward pass."""
+
+    step: int  # index over all steps of the run (block * steps_per_block + step in block)
+    block: int  # index of the block being filled
+    canvas: Tensor  # (B, L) long, the canvas after this step's commits (a copy)
+    committed: Tensor  # (B, L) bool, positions committed at this step
+    confidence: Tensor  # (B, L) float, the rule's scores (-inf outside the block's masked positions)
+    n_forward: int  # network evaluations so far (a CFG step counts 2)
+
+
+@dataclass
+class Generation:
+    """The result of ``generate`` (or ``infill``)."""
+
+    tokens: Tensor  # (B, gen_length) long, the generated ids (no padding); infill: the filled canvas (B, L)
+    canvas: Tensor  # (B, L) long, the final canvas (left padding, prompt, generated tokens)
+    n_forward: int  # network evaluations, counting CFG's unconditional pass
+
+
+def add_gumbel_noise(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
+    """Logits whose argmax is a sample at ``temperature`` (Gumbel-max), in float64.
+
+    LLaDA notes that low-precision Gumbel noise hurts generation quality, so the noise is drawn
+    in float64. argmax(logits / T + g), g ~ Gumbel(0, 1), is the same draw as LLaDA's
+    argmax(exp(logits) / (-log u)^T) without overflowing exp. Temperature 0 returns ``logits``
+    unchanged, so the argmax is deterministic.
+    """
+    if temperature == 0:
+        return logits
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)  # (..., V)
+    u = u.clamp_min(torch.finfo(torch.float64).tiny)  # log(0) guard; u < 1 already
+    gumbel = -torch.log(-torch.log(u))
+    return logits.double() / temperature + gumbel
+
+
+def _call(model: Callable[..., Tensor], x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    return model(x) if attn_mask is None else model(x, attn_mask=attn_mask)
+
+
+def guided_logits(model: Callable[..., Tensor], x: Tensor, attn_mask: Tensor | None, prompt_mask: Tensor,
+                  mask_id: int, cfg_scale: float) -> Tensor:
+    """One forward pass -> (B, L, V) float32 logits, with classifier-free guidance when cfg_scale > 0.
+
+    The unconditional input masks every prompt position (padding stays padding, so it stays
+    hidden by ``attn_mask``); both halves go through the model as one doubled batch.
+    """
+    if cfg_scale <= 0:
+        return _call(model, x, attn_mask).float()
+    uncond = torch.where(prompt_mask, mask_id, x)  # (B, L)
+    both = torch.cat([x, uncond])  # (2B, L)
+    mask2 = None if attn_mask is None else torch.cat([attn_mask, attn_mask])
+    cond_logits, uncond_logits = _call(model, both, mask2).float().chunk(2)  # 2 x (B, L, V)
+    return uncond_logits + (cfg_scale + 1) * (cond_logits - uncond_logits)
+
+
+def _finite(confidence: Tensor, candidates: Tensor) -> Tensor:
+    """Candidates get a finite score (so the schedule can always be met), the rest -inf."""
+    if not confidence.is_floating_point():
+        confidence = confidence.float()
+    lowest = torch.finfo(confidence.dtype).min
+    return torch.where(candidates, confidence.nan_to_num(nan=lowest), NEG_INF)  # (B, L)
+
+
+@torch.inference_mode()
+def denoise(
+    model: Callable[..., Tensor],
+    canvas: Tensor,
+    editable: Tensor,
+    cfg: SampleConfig,
+    *,
+    mask_id: int,
+    eos_id: int,
+    eot_id: int | None = None,
+    attn_mask: Tensor | None = None,
+    prompt_mask: Tensor | None = None,
+    block_bounds: Iterable[tuple[int, int]] | None = None,
+) -> Iterator[StepEvent]:
+    """The reverse process over ``canvas`` (B, L): yields a ``StepEvent`` after every step.
+
+    editable: (B, L) bool, the positions to generate; they start as ``mask_id``, everything else
+    is fixed. attn_mask: (B, L) bool, True for real tokens (None: all real). prompt_mask: (B, L)
+    bool, the positions CFG's unconditional pass masks (None: the fixed real tokens).
+    block_bounds: ``[(start, end), ...]`` column ranges filled one after another, ``cfg.steps``
+    shared equally (None: one block over the whole canvas). Uses ``cfg``'s steps, temperature,
+    remasking, cfg_scale, logits_eos_inf, confidence_eos_eot_inf and seed; not gen_length.
+    """
+    L = canvas.shape[1]  # canvas: (B, L)
+    device = canvas.device
+    editable = editable.to(device=device, dtype=torch.bool)
+    blocks = [(0, L)] if block_bounds is None else [(int(s), int(e)) for s, e in block_bounds]
+    _check(len(blocks) > 0 and cfg.steps % len(blocks) == 0,
+           f"--steps {cfg.steps} must be a multiple of the number of blocks ({len(blocks)})")
+    _check(cfg.remasking in RULES, f"--remasking {cfg.remasking!r} is not a known rule; choose one of: "
+           f"{', '.join(sorted(RULES))}")
+    rule = RULES[cfg.remasking]
+    steps_per_block = cfg.steps // len(blocks)
+    if prompt_mask is None:
+        prompt_mask = ~editable if attn_mask is None else ~editable & attn_mask
+    banned = [mask_id] + ([eos_id] + ([eot_id] if eot_id is not None else []) if cfg.logits_eos_inf else [])
+    banned_ids = torch.tensor(banned, device=device)  # never predicted
+    ending_ids = torch.tensor([eos_id] + ([eot_id] if eot_id is not None else []), device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    column = torch.arange(L, device=device)  # (L,)
+
+    x = torch.where(editable, mask_id, canvas)  # (B, L) x_t: the current canvas
+    masked = editable.clone()  # (B, L) still-masked positions
+    # Blocks only change inside themselves, so each block's starting mask count is known now:
+    # one host sync here, none in the step. A block whose rows all hold fewer masks than
+    # steps ends with steps that commit nothing anywhere; those are skipped (no forward pass).
+    busiest = torch.stack([masked[:, s:e].sum(-1) for s, e in blocks]).amax(-1).tolist()  # per block
+    n_forward = 0
+    for b, (start, end) in enumerate(blocks):
+        in_block = (column >= start) & (column < end)  # (L,)
+        schedule = num_transfer_tokens(masked[:, start:end].sum(-1), steps_per_block)  # (B, steps_per_block)
+        for i in range(min(steps_per_block, busiest[b])):
+            logits = guided_logits(model, x, attn_mask, prompt_mask, mask_id, cfg.cfg_scale)  # (B, L, V)
+            n_forward += 2 if cfg.cfg_scale > 0 else 1
+            logits = logits.index_fill(-1, banned_ids, NEG_INF)
+            x0 = add_gumbel_noise(logits, cfg.temperature, generator).argmax(-1)  # (B, L) draw
+            x0 = torch.where(masked, x0, x)  # unmasked positions keep their token
+            candidates = masked & in_block  # (B, L)
+            confidence = _finite(rule(logits, x0, candidates, generator), candidates)  # (B, L)
+            order = confidence
+            if cfg.confidence_eos_eot_inf:  # EOS/EOT drawn (not just argmax): commit them last
+                order = demote(confidence, torch.isin(x0, ending_ids))
+            commit = select_topk(order, schedule[:, i])  # (B, L) exactly schedule[:, i] per row
+            x = torch.where(commit, x0, x)
+            masked = masked & ~commit
+            yield StepEvent(step=b * steps_per_block + i, block=b, canvas=x.clone(), committed=commit,
+                            confidence=confidence, n_forward=n_forward)
+
+
+def run_events(events: Iterator[StepEvent], start: Tensor,
+               callback: Callable[[StepEvent], None] | None) -> tuple[Tensor, int]:
+    """Drive ``denoise`` to the end, feeding ``callback``: -> (final canvas (B, L), n_forward)."""
+    canvas, n_forward = start, 0
+    for event in events:
+        if callback is not None:
+            callback(event)
+        canvas, n_forward = event.canvas, event.n_forward
+    return canvas, n_forward
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameter-free callable)."""
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+def context_length(model: Any) -> int | None:
+    """``model.cfg.max_seq_len`` when the model declares one."""
+    limit = getattr(getattr(model, "cfg", None), "max_seq_len", None)
+    return limit if isinstance(limit, int) else None
+
+
+def check_vocab(model: Any, ids: Tensor, what: str) -> None:
+    """Ids outside ``model.cfg.vocab_size`` -> RemaskError (instead of an embedding IndexError)."""
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", None)
+    if isinstance(vocab, int) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
+        raise RemaskError(f"{what} holds token id {bad}, outside the model vocabulary (size {vocab}); "
+                          "encode it with the model's own tokenizer")
+
+
+def left_pad(prompts: Sequence[Sequence[int]] | Tensor, pad_id: int,
+             device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """Prompts -> ((B, P) long left-padded with ``pad_id``, (B, P) bool real-token mask or None if all equal)."""
+    if isinstance(prompts, Tensor):
+        ids = prompts[None] if prompts.dim() == 1 else prompts
+        _check(ids.dim() == 2, f"prompts must be a (B, L) tensor of token ids, got shape {tuple(prompts.shape)}")
+        _check(ids.shape[0] > 0, "no prompts given; pass at least one prompt")
+        return ids.to(device=device, dtype=torch.long), None
+    rows = [list(p) for p in _rows(prompts)]
+    lengths = [len(r) for r in rows]
+    P = max(lengths)
+    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
+    real = torch.zeros(len(rows), P, dtype=torch.bool)
+    for i, r in enumerate(rows):  # host-side, once per call
+        if r:
+            ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+            real[i, P - len(r):] = True
+    attn = None if len(set(lengths)) == 1 else real.to(device)
+    return ids.to(device), attn
+
+
+def _rows(prompts: Sequence[Sequence[int]]) -> list[Sequence[int]]:
+    rows = list(prompts)
+    _check(len(rows) > 0, "no prompts given; pass at least one prompt")
+    _check(not any(isinstance(r, int) for r in rows),
+           "prompts must be a list of token-id lists; wrap a single prompt as [ids]")
+    return rows
+
+
+@torch.inference_mode()
+def generate(
+    model: Callable[..., Tensor],
+    prompts: Sequence[Sequence[int]] | Tensor,
+    cfg: SampleConfig,
+    *,
+    mask_id: int,
+    eos_id: int,
+    eot_id: int | None = None,
+    callback: Callable[[StepEvent], None] | None = None,
+) -> Generation:
+    """Generate ``cfg.gen_length`` tokens after each prompt with LLaDA's reverse process.
+
+    Prompts of different lengths are left-padded with ``eos_id`` and hidden by an attention
+    mask; the model's positions count real tokens only, so each row gets exactly the result it
+    would get alone (at temperature 0). ``callback`` sees every ``StepEvent``.
+    """
+    device = model_device(model)
+    ids, attn = left_pad(prompts, eos_id, device)  # (B, P), (B, P) or None
+    B, P = ids.shape
+    limit = context_length(model)
+    if limit is not None and P + cfg.gen_length > limit:
+        raise RemaskError(f"prompt ({P} tokens) + --gen-length {cfg.gen_length} exceeds the model context of "
+                          f"{limit} tokens; shorten the prompt or lower --gen-length")
+    check_vocab(model, ids if attn is None else ids[attn], "the prompt")
+    masks = torch.full((B, cfg.gen_length), mask_id, dtype=torch.long, device=device)
+    canvas = torch.cat([ids, masks], 1)  # (B, L): prompt, then gen_length masks
+    editable = torch.zeros_like(canvas, dtype=torch.bool)
+    editable[:, P:] = True
+    attn_mask = None if attn is None else torch.cat([attn, torch.ones(B, cfg.gen_length, dtype=torch.bool,
+                                                                          device=device)], 1)
+    block = cfg.block_length or cfg.gen_length
+    bounds = [(P + b * block, P + (b + 1) * block) for b in range(cfg.num_blocks)]  # Algorithm 5's blocks
+    events = denoise(model, canvas, editable, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
+                     attn_mask=attn_mask, block_bounds=bounds)
+    final, n_forward = run_events(events, canvas, callback)
+    return Generation(tokens=final[:, P:], canvas=final, n_forward=n_forward)

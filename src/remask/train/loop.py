@@ -1,0 +1,286 @@
+"""The one training loop: LLaDA pre-training, the AR baseline and SFT, on CPU, GPU or torchrun.
+
+Single process:   remask train --data corpus/ --out runs/x
+Several GPUs:     torchrun --nproc_per_node 8 -m remask train --data corpus/ --out runs/x
+CPU, 2 processes: torchrun --nproc_per_node 2 -m remask train --train.device cpu ...
+
+The global batch (``--batch-size`` sequences) is split over processes, then micro-batches.
+Each sample's data and masking noise are keyed by (seed, step, global index), and the loss is
+divided by the global batch size, so the gradient does not depend on how the batch is split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from remask.config import RunConfig
+from remask.errors import RemaskError
+from remask.model import Transformer, build_model
+from remask.objectives import OBJECTIVES, Batch
+from remask.rng import NOISE, STEP, keyed_generator, keyed_uniform
+from remask.train import distributed
+from remask.train.batches import BatchSource, TokenWindows
+from remask.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from remask.train.optim import build_optimizer, lr_at
+
+EVAL_SEED = 20250214  # validation noise never changes, so val numbers compare across runs
+
+
+@dataclass
+class TrainResult:
+    step: int
+    tokens_per_s: float
+    val_loss: float
+    val_bpb: float | None
+    elapsed: float
+    checkpoint: Path
+    samples: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens_per_s": round(self.tokens_per_s, 1), "val_loss": self.val_loss,
+                "val_bpb": self.val_bpb, "elapsed_s": round(self.elapsed, 2), "checkpoint": str(self.checkpoint),
+                "samples": self.samples, "interrupted": self.interrupted}
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA by default; full fp32 on CPU (CPU bf16 matmuls are slower)."""
+    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: list[tuple[Batch, np.ndarray]], cfg: RunConfig,
+             info: distributed.DistInfo) -> float:
+    """Mean per-token loss over fixed validation batches (the ELBO bound for mdm and sft,
+    exact NLL for ar), with fixed masking noise: ``eval_mc`` draws per window."""
+    t = cfg.train
+    loss_fn = OBJECTIVES[t.objective]
+    draws = 1 if t.objective == "ar" else t.eval_mc
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=info.device)  # (sum of losses, count)
+    for batch, idx in batches[info.rank :: info.world_size]:
+        batch = batch.to(info.device)
+        for d in range(draws):
+            noise = keyed_uniform(EVAL_SEED, d, idx, 1 + batch.tokens.shape[1]).to(info.device)
+            with autocast(info.device, t.dtype):
+                contrib = loss_fn(model, batch, noise, mask_id=cfg.model.mask_token_id, eps=t.mask_eps)
+            total += torch.stack([contrib.double().sum(), torch.tensor(float(len(idx)), device=info.device)])
+    distributed.all_reduce_sum(total, info)
+    model.train(was_training)
+    return (total[0] / total[1].clamp_min(1)).item()
+
+
+def _prepare_model(cfg: RunConfig, out_dir: Path, info: distributed.DistInfo, resume: bool,
+                   init_from: str | Path | None, tokenizer: Any) -> tuple[Transformer, RunConfig, Any, dict, dict | None]:
+    if resume:
+        ck = load_checkpoint(out_dir, info.device, with_optimizer=True)
+        # The run's own config wins, except for the bounds the user may extend on resume.
+        train_cfg = replace(ck.config.train, max_steps=cfg.train.max_steps, time_budget=cfg.train.time_budget,
+                            progress=cfg.train.progress)
+        return ck.model, RunConfig(model=ck.config.model, train=train_cfg), ck.tokenizer, ck.train_state, ck.optimizer_state
+    if init_from is not None:
+        ck = load_checkpoint(init_from, info.device)
+        return ck.model, RunConfig(model=ck.config.model, train=cfg.train), ck.tokenizer, {}, None
+    from remask.data.tokenizer import load_tokenizer
+
+    tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else load_tokenizer(tokenizer)
+    # The tokenizer decides the vocabulary and the special ids; the config records them.
+    model_cfg = replace(cfg.model, vocab_size=tok.vocab_size, mask_token_id=tok.mask_id, eos_token_id=tok.eos_id,
+                        causal=cfg.model.causal or cfg.train.objective == "ar")
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(model_cfg, info.device, seed=cfg.train.seed)
+    return model, RunConfig(model=model_cfg, train=cfg.train), tok, {}, None
+
+
+def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None = None,
+          tokenizer: Any = None, source: BatchSource | None = None, init_from: str | Path | None = None,
+          resume: bool = False, callback: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train and checkpoint into ``out_dir``; return the final metrics.
+
+    data: raw text files / directories / .jsonl, or a prepared directory; None is the built-in
+    corpus. tokenizer: "bytes" (default), a tokenizer directory / tokenizer.json, or an object.
+    source: a ready BatchSource (SFT passes its own); init_from: start from a checkpoint's
+    weights; resume: continue ``out_dir``'s checkpoint exactly. callback(step, loss) runs after
+    every optimizer step; raising KeyboardInterrupt there (or Ctrl-C) saves and stops.
+    """
+    out_dir = Path(out_dir)
+    info = distributed.setup(cfg.train.device)
+    model, cfg, tok, state, opt_state = _prepare_model(cfg, out_dir, info, resume, init_from, tokenizer)
+    t = cfg.train
+    if t.batch_size % info.world_size:
+        raise RemaskError(f"--batch-size {t.batch_size} must be a multiple of the {info.world_size} processes")
+    if t.seq_len > cfg.model.max_seq_len:
+        raise RemaskError(f"--seq-len {t.seq_len} exceeds --model.max_seq_len {cfg.model.max_seq_len}; raise the latter")
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = state.get("data_dir")
+    if source is None:
+        if data_dir is None:
+            from remask.data.prepare import resolve_data
+
+            data_dir = str(resolve_data(data, out_dir / "data", tok)) if info.is_main else None
+            if info.enabled:  # rank 0 prepares; the others wait and read the same directory
+                box = [data_dir]
+                torch.distributed.broadcast_object_list(box, src=0)
+                data_dir = box[0]
+        source = TokenWindows(data_dir, t.seq_len, t.seed)
+
+    model.train()
+    raw = model
+    if t.compile:
+        for block in raw.blocks:
+            block.compile()
+    ddp_model = distributed.wrap(model, info)
+    optimizer = build_optimizer(raw, t)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    loss_fn = OBJECTIVES[t.objective]
+    val_batches = source.val_batches(t.micro_batch_size, t.eval_batches)
+    metrics_path = out_dir / "metrics.jsonl"
+    start = int(state.get("step", 0))
+    if info.is_main:
+        _truncate_metrics(metrics_path, start)
+
+    per_rank = t.batch_size // info.world_size
+    elapsed = float(state.get("elapsed", 0.0))
+    tokens_seen = int(state.get("tokens_seen", 0))
+    last_val: float = float(state.get("val_loss", math.nan))
+    step, interrupted, tok_s = start, False, 0.0
+    bar = tqdm(total=t.max_steps, initial=start, disable=not (t.progress and info.is_main), unit="step",
+               dynamic_ncols=True, desc=t.objective)
+
+    def log(record: dict[str, Any]) -> None:
+        if info.is_main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def checkpoint() -> Path:
+        ck = out_dir / "checkpoint"
+        if info.is_main:
+            save_checkpoint(ck, raw, cfg, tok, optimizer=optimizer, train_state={
+                "step": step, "elapsed": elapsed, "tokens_seen": tokens_seen, "data_dir": data_dir,
+                "val_loss": last_val, "objective": t.objective, "world_size": info.world_size})
+        distributed.barrier(info)
+        return ck
+
+    window_t0, window_tokens = time.perf_counter(), 0
+    try:
+        while step < t.max_steps and (t.time_budget is None or elapsed < t.time_budget):
+            t0 = time.perf_counter()
+            lr = lr_at(step, t)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            # LLaDA: in a small fraction of batches, cut every sequence to one random length.
+            cut_rng = keyed_generator(t.seed, step, 0, STEP)
+            length = t.seq_len
+            if t.objective == "mdm" and cut_rng.random() < t.random_length_prob:
+                length = int(cut_rng.integers(1, t.seq_len + 1))
+            mine = np.arange(step * t.batch_size, (step + 1) * t.batch_size)[info.rank * per_rank:(info.rank + 1) * per_rank]
+            micro = [mine[i:i + t.micro_batch_size] for i in range(0, per_rank, t.micro_batch_size)]
+            step_loss = torch.zeros((), device=info.device)
+            for j, idx in enumerate(micro):
+                batch = source.train_batch(step, idx).truncate(length).to(info.device)
+                noise = keyed_uniform(t.seed, step, idx, 1 + batch.tokens.shape[1], NOISE).to(info.device)
+                sync = j == len(micro) - 1 or not info.enabled
+                with (contextlib.nullcontext() if sync else ddp_model.no_sync()), autocast(info.device, t.dtype):
+                    contrib = loss_fn(ddp_model, batch, noise, mask_id=cfg.model.mask_token_id, eps=t.mask_eps)
+                    # Sum / GLOBAL batch; DDP averages over processes, hence the world_size factor.
+                    loss = contrib.sum() * (info.world_size / t.batch_size)
+                loss.backward()
+                step_loss += contrib.detach().sum()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            n_tok = t.batch_size * length
+            tokens_seen += n_tok
+            window_tokens += n_tok
+            elapsed += time.perf_counter() - t0
+
+            if step % t.log_interval == 0 or step == t.max_steps:
+                loss_val = distributed.all_reduce_sum(step_loss, info).item() / t.batch_size
+                tok_s = window_tokens / max(1e-9, time.perf_counter() - window_t0)
+                log({"step": step, "loss": loss_val, "lr": lr, "tokens_per_s": tok_s, "elapsed": elapsed,
+                     "tokens": tokens_seen})
+                bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                window_t0, window_tokens = time.perf_counter(), 0
+                if not math.isfinite(loss_val):
+                    raise RemaskError(f"loss became {loss_val} at step {step}; lower --train.lr (now {t.lr})")
+            else:
+                loss_val = math.nan
+            bar.update(1)
+            if callback is not None:
+                callback(step, loss_val)
+            if t.eval_interval and step % t.eval_interval == 0 and step < t.max_steps:
+                last_val = evaluate(model, val_batches, cfg, info)
+                log({"step": step, "val_loss": last_val, "val_bpb": _bpb(last_val, source)})
+                window_t0 = time.perf_counter()  # do not charge evaluation to throughput
+            if t.ckpt_interval and step % t.ckpt_interval == 0 and step < t.max_steps:
+                checkpoint()
+                window_t0 = time.perf_counter()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+
+    if not interrupted or step > start:
+        last_val = evaluate(model, val_batches, cfg, info)
+        log({"step": step, "val_loss": last_val, "val_bpb": _bpb(last_val, source)})
+    ck = checkpoint()
+    tok_s = tokens_seen / elapsed if elapsed > 0 and start == 0 else tok_s
+    samples = final_samples(raw, tok, cfg, t.samples) if info.is_main and not interrupted else []
+    distributed.teardown(info)
+    return TrainResult(step, tok_s, last_val, _bpb(last_val, source), elapsed, ck, samples, interrupted)
+
+
+def _bpb(nats_per_token: float, source: BatchSource) -> float | None:
+    """Bits per UTF-8 byte: tokenizer-independent, so models with different vocabularies compare."""
+    bpt = getattr(source, "bytes_per_token", None)
+    return None if not bpt or not math.isfinite(nats_per_token) else nats_per_token / math.log(2) / bpt
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records a crashed run wrote after its last checkpoint (atomic rewrite)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)
+
+
+def final_samples(model: Transformer, tok: Any, cfg: RunConfig, n: int) -> list[str]:
+    """A few unconditional samples (prompt: start of a document) to eyeball after training."""
+    if n <= 0:
+        return []
+    gen_len = min(64, cfg.model.max_seq_len - 1)
+    model.eval()
+    if cfg.model.causal:
+        from remask.sampling.ar import ARSampleConfig, ar_generate
+
+        out = ar_generate(model, [[tok.eos_id]] * n, ARSampleConfig(max_new_tokens=gen_len, temperature=0.8, seed=0),
+                          eos_id=tok.eos_id)
+    else:
+        from remask.sampling import SampleConfig, generate
+
+        sc = SampleConfig(gen_length=gen_len, steps=gen_len, block_length=gen_len // 2 if gen_len % 2 == 0 else gen_len,
+                          temperature=0.8, seed=0)
+        out = generate(model, [[tok.eos_id]] * n, sc, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id)
+    return [tok.decode(row.tolist(), skip_special_tokens=True) for row in out.tokens]

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+
+from remask.config import PRESETS, RunConfig, TrainConfig, apply_overrides
+from remask.errors import RemaskError
+
+
+def test_overrides_coerce_strings_to_field_types():
+    cfg = apply_overrides(RunConfig(), {"train.lr": "1e-3", "model.causal": "true", "train.time_budget": "none",
+                                        "model.n_kv_head": "2", "train.schedule": "wsd"})
+    assert cfg.train.lr == 1e-3 and cfg.model.causal is True and cfg.train.time_budget is None
+    assert cfg.model.n_kv_head == 2 and cfg.train.schedule == "wsd"
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"train.nope": "1"}, "unknown option train.nope"),
+    ({"bogus.lr": "1"}, "unknown option"),
+    ({"train.lr": "fast"}, "expects float"),
+    ({"train.schedule": "linear"}, "must be one of"),
+    ({"train.batch_size": "10", "train.micro_batch_size": "4"}, "multiple of"),
+])
+def test_bad_overrides_raise_clear_errors(overrides, match):
+    with pytest.raises(RemaskError, match=match):
+        apply_overrides(RunConfig(), overrides)
+
+
+def test_round_trip_through_dict_and_presets_are_valid():
+    for make in PRESETS.values():
+        cfg = make()
+        assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig(batch_size=8).micro_batch_size == 8
