@@ -31,7 +31,7 @@ def text_corpus(tmp_path: Path) -> Path:
     """A few small real-looking text files (a directory corpus)."""
     d = tmp_path / "corpus"
     d.mkdir()
-    words = "the quick brown fox jumps over the lazy dog while remask denoises every masked token".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "remask", "denoises", "every", "masked", "token"]
     for i in range(6):
         lines = [" ".join(words[(i + j) % len(words):] + words[: (i + j) % len(words)]) for j in range(40)]
         (d / f"doc{i}.txt").write_text("\n".join(lines) + "\n")

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model_config
 
+from conftest import tiny_model_config
 from remask.config import ModelConfig
 from remask.errors import RemaskError
 from remask.model import RMSNorm, apply_rope, build_model, rope_tables

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model_config
 
+from conftest import tiny_model_config
 from remask.model import build_model
 from remask.objectives import Batch, ar_loss, forward_process, mdm_loss, sft_loss
 from remask.rng import keyed_uniform

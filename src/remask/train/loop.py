@@ -32,7 +32,7 @@ from remask.objectives import OBJECTIVES, Batch
 from remask.rng import NOISE, STEP, keyed_generator, keyed_uniform
 from remask.train import distributed
 from remask.train.batches import BatchSource, TokenWindows
-from remask.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from remask.train.checkpoint import load_checkpoint, save_checkpoint
 from remask.train.optim import build_optimizer, lr_at
 
 EVAL_SEED = 20250214  # validation noise never changes, so val numbers compare across runs
