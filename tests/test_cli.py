@@ -53,6 +53,13 @@ def test_prepare_and_tokenizer_train(tmp_path, text_corpus, capsys):
     res = run_json(capsys, ["train", "--data", str(text_corpus), "--tokenizer", str(tmp_path / "tok"),
                             "--out", str(tmp_path / "bpe-run"), *TINY])
     assert res["step"] == 3
+    # A directory prepared with the BPE tokenizer brings that tokenizer along: no --tokenizer needed.
+    run_json(capsys, ["prepare", str(text_corpus), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "bpe")])
+    run_json(capsys, ["train", "--data", str(tmp_path / "bpe"), "--out", str(tmp_path / "bpe-run2"), *TINY])
+    saved = json.loads((tmp_path / "bpe-run2" / "checkpoint" / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == tok["vocab_size"] and saved["model"]["mask_token_id"] == tok["mask_id"]
+    assert "different tokenizer" in _error(capsys, ["train", "--data", str(tmp_path / "bpe"), "--tokenizer", "bytes",
+                                                    "--out", str(tmp_path / "x"), *TINY])
 
 
 def test_config_file_and_section_flags(tmp_path, text_corpus, capsys):

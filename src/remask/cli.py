@@ -115,7 +115,7 @@ def emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
 def _prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", help="text files, directories, .jsonl (field 'text'); none: built-in corpus")
     p.add_argument("--out", required=True, type=Path, help="output directory for the token shards")
-    p.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer directory / tokenizer.json")
+    p.add_argument("--tokenizer", default=None, help="'bytes' (default) or a tokenizer directory / tokenizer.json")
     p.add_argument("--val-fraction", type=float, default=0.02)
     p.add_argument("--json", action="store_true")
 
@@ -158,7 +158,7 @@ TRAIN_SHORTCUTS = {"time_budget": "train.time_budget", "max_steps": "train.max_s
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", default=None, help="text files/dirs/.jsonl or a prepared dir; none: built-in")
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="run directory (default: runs/default)")
-    p.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer directory / tokenizer.json")
+    p.add_argument("--tokenizer", default=None, help="'bytes' (default) or a tokenizer directory / tokenizer.json")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--time-budget", type=float, help="stop after this many seconds")
     p.add_argument("--max-steps", type=int, help="optimizer steps")

@@ -33,8 +33,9 @@ from remask.data.corpus import (
     iter_documents,
 )
 from remask.data.shards import ShardWriter, token_dtype
-from remask.data.tokenizer import ByteTokenizer, Tokenizer, write_text_atomic
+from remask.data.tokenizer import ByteTokenizer, Tokenizer
 from remask.errors import RemaskError
+from remask.fileio import write_text_atomic
 
 FORMAT = "remask-tokens"
 VERSION = 1

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from remask.errors import RemaskError
+from remask.fileio import write_text_atomic
 
 if TYPE_CHECKING:
     import tokenizers
@@ -109,18 +108,6 @@ def _as_int_list(ids: Sequence[int] | torch.Tensor | np.ndarray) -> list[int]:
     if hasattr(ids, "tolist"):  # torch.Tensor or np.ndarray, any shape that is really 1-D
         ids = ids.tolist()
     return [int(i) for i in ids]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- bytes

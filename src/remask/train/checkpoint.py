@@ -29,6 +29,7 @@ from torch import nn
 
 from remask.config import RunConfig
 from remask.errors import RemaskError
+from remask.fileio import default_mode
 from remask.model import Transformer
 
 FORMAT, VERSION = "remask-checkpoint", 1
@@ -85,6 +86,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: RunConfig, 
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"param_groups": json.dumps(groups)})
 
+    for f in tmp.iterdir():  # safetensors writes 0600; a checkpoint is meant to be shared
+        f.chmod(default_mode())
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
         os.replace(final, old)

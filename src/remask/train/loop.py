@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from remask.config import RunConfig
 from remask.errors import RemaskError
+from remask.fileio import write_text_atomic
 from remask.model import Transformer, build_model
 from remask.objectives import OBJECTIVES, Batch
 from remask.rng import NOISE, STEP, keyed_generator, keyed_uniform
@@ -86,26 +86,37 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[Batch, np.ndarray]], cf
     return (total[0] / total[1].clamp_min(1)).item()
 
 
-def _prepare_model(cfg: RunConfig, out_dir: Path, info: distributed.DistInfo, resume: bool,
-                   init_from: str | Path | None, tokenizer: Any) -> tuple[Transformer, RunConfig, Any, dict, dict | None]:
-    if resume:
-        ck = load_checkpoint(out_dir, info.device, with_optimizer=True)
-        # The run's own config wins, except for the bounds the user may extend on resume.
-        train_cfg = replace(ck.config.train, max_steps=cfg.train.max_steps, time_budget=cfg.train.time_budget,
-                            progress=cfg.train.progress)
-        return ck.model, RunConfig(model=ck.config.model, train=train_cfg), ck.tokenizer, ck.train_state, ck.optimizer_state
-    if init_from is not None:
-        ck = load_checkpoint(init_from, info.device)
-        return ck.model, RunConfig(model=ck.config.model, train=cfg.train), ck.tokenizer, {}, None
+def _resolve_tokenizer(tokenizer: Any) -> Any:
     from remask.data.tokenizer import load_tokenizer
 
-    tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else load_tokenizer(tokenizer)
-    # The tokenizer decides the vocabulary and the special ids; the config records them.
+    return tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else load_tokenizer(tokenizer)
+
+
+def _resolve_data(data: Any, tokenizer: Any, out_dir: Path, info: distributed.DistInfo) -> tuple[str, Any]:
+    """(prepared data directory, the tokenizer that produced it); rank 0 prepares, the rest wait."""
+    from remask.data.prepare import is_prepared, resolve_data
+    from remask.data.tokenizer import load_tokenizer
+
+    prepared = isinstance(data, (str, Path)) and is_prepared(data)
+    tok = _resolve_tokenizer(tokenizer)
+    if prepared:  # the ids on disk come from the data's own tokenizer
+        data_tok = load_tokenizer(Path(data) / "tokenizer")
+        if tokenizer is not None and data_tok.digest() != tok.digest():
+            raise RemaskError(f"--data {data} was prepared with a different tokenizer than --tokenizer {tokenizer}; "
+                              "drop --tokenizer or re-run `remask prepare` with it")
+        return str(data), data_tok
+    box = [str(resolve_data(data, out_dir / "data", tok)) if info.is_main else None]
+    if info.enabled:
+        torch.distributed.broadcast_object_list(box, src=0)
+    return box[0], tok
+
+
+def _build(cfg: RunConfig, tok: Any, info: distributed.DistInfo) -> tuple[Transformer, RunConfig]:
+    """A fresh model whose vocabulary and special ids come from the tokenizer."""
     model_cfg = replace(cfg.model, vocab_size=tok.vocab_size, mask_token_id=tok.mask_id, eos_token_id=tok.eos_id,
                         causal=cfg.model.causal or cfg.train.objective == "ar")
     torch.manual_seed(cfg.train.seed)
-    model = build_model(model_cfg, info.device, seed=cfg.train.seed)
-    return model, RunConfig(model=model_cfg, train=cfg.train), tok, {}, None
+    return build_model(model_cfg, info.device, seed=cfg.train.seed), RunConfig(model=model_cfg, train=cfg.train)
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None = None,
@@ -121,7 +132,29 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
     """
     out_dir = Path(out_dir)
     info = distributed.setup(cfg.train.device)
-    model, cfg, tok, state, opt_state = _prepare_model(cfg, out_dir, info, resume, init_from, tokenizer)
+    state: dict[str, Any] = {}
+    opt_state = None
+    data_dir = None
+    if resume:
+        ck = load_checkpoint(out_dir, info.device, with_optimizer=True)
+        # The run's own config wins, except for the bounds the user may extend on resume.
+        train_cfg = replace(ck.config.train, max_steps=cfg.train.max_steps, time_budget=cfg.train.time_budget,
+                            progress=cfg.train.progress)
+        model, cfg, tok = ck.model, RunConfig(model=ck.config.model, train=train_cfg), ck.tokenizer
+        state, opt_state, data_dir = ck.train_state, ck.optimizer_state, ck.train_state.get("data_dir")
+    elif init_from is not None:  # continue from a checkpoint's weights (SFT, continued pre-training)
+        ck = load_checkpoint(init_from, info.device)
+        model, cfg, tok = ck.model, RunConfig(model=ck.config.model, train=cfg.train), ck.tokenizer
+    else:
+        tok = _resolve_tokenizer(tokenizer) if source is not None else None
+    if source is None and data_dir is None:
+        data_dir, data_tok = _resolve_data(data, tok if tok is not None else tokenizer, out_dir, info)
+        if tok is not None and data_tok.digest() != tok.digest():
+            raise RemaskError(f"--data {data} was tokenised with a different tokenizer than the checkpoint's; "
+                              "pass raw text so it is re-tokenised, or prepare it with the checkpoint's tokenizer")
+        tok = data_tok
+    if not resume and init_from is None:
+        model, cfg = _build(cfg, tok, info)
     t = cfg.train
     if t.batch_size % info.world_size:
         raise RemaskError(f"--batch-size {t.batch_size} must be a multiple of the {info.world_size} processes")
@@ -129,16 +162,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
         raise RemaskError(f"--seq-len {t.seq_len} exceeds --model.max_seq_len {cfg.model.max_seq_len}; raise the latter")
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = state.get("data_dir")
     if source is None:
-        if data_dir is None:
-            from remask.data.prepare import resolve_data
-
-            data_dir = str(resolve_data(data, out_dir / "data", tok)) if info.is_main else None
-            if info.enabled:  # rank 0 prepares; the others wait and read the same directory
-                box = [data_dir]
-                torch.distributed.broadcast_object_list(box, src=0)
-                data_dir = box[0]
         source = TokenWindows(data_dir, t.seq_len, t.seed)
 
     model.train()
@@ -261,9 +285,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(k + "\n" for k in keep))
 
 
 def final_samples(model: Transformer, tok: Any, cfg: RunConfig, n: int) -> list[str]:
