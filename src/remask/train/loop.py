@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -186,6 +187,11 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
     tokens_seen = int(state.get("tokens_seen", 0))
     last_val: float = float(state.get("val_loss", math.nan))
     step, interrupted, tok_s = start, False, 0.0
+    if t.progress and info.is_main:
+        m = cfg.model
+        print(f"remask {t.objective}: {raw.num_params() / 1e6:.2f}M parameters (d_model {m.d_model}, {m.n_layer} layers, "
+              f"{'causal' if m.causal else 'bidirectional'}), {info.world_size} process(es) on {info.device}, "
+              f"batch {t.batch_size} x {t.seq_len} tokens; run directory {out_dir}", file=sys.stderr)
     bar = tqdm(total=t.max_steps, initial=start, disable=not (t.progress and info.is_main), unit="step",
                dynamic_ncols=True, desc=t.objective)
 
