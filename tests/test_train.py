@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from remask.config import preset_tiny
+from remask.config import TrainConfig, preset_tiny
 from remask.errors import RemaskError
 from remask.train import load_checkpoint, train
 from remask.train.optim import lr_at
@@ -88,6 +88,13 @@ def test_lr_schedules():
     assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
     cfg.schedule = "wsd"
     assert lr_at(50, cfg) == 1.0 and lr_at(100, cfg) == pytest.approx(0.1)
+    # lr_clock=time: half the budget spent at step 20 puts the schedule at step 50 of 100.
+    cfg.schedule, cfg.lr_clock, cfg.time_budget = "cosine", "time", 60.0
+    assert lr_at(20, cfg, elapsed=30.0) == pytest.approx(lr_at(50, cfg))
+    assert lr_at(50, cfg) < lr_at(20, cfg, elapsed=1.0) == lr_at(20, cfg)
+    assert lr_at(20, cfg, elapsed=60.0) == pytest.approx(0.1)
+    with pytest.raises(RemaskError, match="lr_clock"):
+        TrainConfig(lr_clock="time")
 
 
 def test_resume_without_checkpoint_and_seq_len_too_long_are_clear_errors(tmp_path, text_corpus):

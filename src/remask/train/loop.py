@@ -213,7 +213,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
     try:
         while step < t.max_steps and (t.time_budget is None or elapsed < t.time_budget):
             t0 = time.perf_counter()
-            lr = lr_at(step, t)
+            lr = lr_at(step, t, elapsed)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             # LLaDA: in a small fraction of batches, cut every sequence to one random length.

@@ -24,11 +24,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """LR for optimizer step ``step`` (0-based): linear warmup, then cosine or WSD to min_lr."""
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """LR for optimizer step ``step`` (0-based): linear warmup, then cosine or WSD to min_lr.
+
+    With ``lr_clock="time"`` the post-warmup schedule advances by whichever is further along,
+    steps or elapsed seconds of the time budget, so a budget-bound run still decays fully.
+    """
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
+    if cfg.lr_clock == "time" and cfg.time_budget:
+        step = max(step, int(elapsed / cfg.time_budget * cfg.max_steps))
     if cfg.schedule == "cosine":
         span = max(1, cfg.max_steps - cfg.warmup_steps)
         progress = min(1.0, (step - cfg.warmup_steps) / span)
