@@ -1,0 +1,199 @@
+"""lm-evaluation-harness adapter: score and sample remask checkpoints with ``--model remask``.
+
+    pip install 'remask[lm-eval]'
+    remask-lm-eval --model remask --model_args ckpt=runs/x,mc_num=128 --tasks lambada_openai
+    python -m remask.integrations.lm_eval --model remask --model_args ckpt=runs/x --tasks wikitext
+
+lm-eval (0.4) looks models up in its own registry and loads no plugins, so a bare ``lm_eval``
+process has never heard of "remask". Both commands above register the model and then run
+lm-eval's own command line with the same arguments. From Python:
+
+    import lm_eval
+    from remask.integrations.lm_eval import register
+    register()
+    lm_eval.simple_evaluate(model="remask", model_args="ckpt=runs/x", tasks=["arc_easy"])
+
+The three request types:
+
+* ``loglikelihood``: log p(continuation | context); the MDM's Monte Carlo ELBO (``mc_num``,
+  ``mc_batch_size``, ``estimator``, ``cfg``, ``seed``) or the AR checkpoint's exact value.
+  ``is_greedy``: whether greedy decoding (LLaDA's low-confidence sampler, one token per step, for
+  an MDM) reproduces the continuation.
+* ``loglikelihood_rolling``: the perplexity bound: the document after an EOS, in windows of the
+  checkpoint's training length (``window``, ``stride``), as ``remask eval perplexity`` does.
+* ``generate_until``: LLaDA's sampler (``gen_length``, ``steps``, ``block_length``,
+  ``remasking``, ``temperature``) or AR decoding, cut at the first stop string.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from remask.errors import RemaskError
+
+try:
+    from lm_eval.api.model import LM
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise RemaskError("the lm-eval adapter needs lm-evaluation-harness: pip install 'remask[lm-eval]'") from e
+
+NAME = "remask"
+
+
+def _size(value: int | str | None, default: int) -> int:
+    """lm-eval's --batch_size may be 'auto' / 'auto:N'; we take those as our default."""
+    return int(value) if isinstance(value, int) or (isinstance(value, str) and value.isdigit()) else default
+
+
+class RemaskLM(LM):
+    """A remask checkpoint (MDM or AR) behind lm-eval's LM interface."""
+
+    def __init__(self, ckpt: str, device: str | None = None, batch_size: int | str | None = 1,
+                 max_batch_size: int | None = None, mc_num: int = 128, mc_batch_size: int = 32,
+                 estimator: str = "l", cfg: float = 0.0, seed: int = 0, gen_length: int | None = None,
+                 steps: int | None = None, block_length: int | None = None, remasking: str = "low_confidence",
+                 temperature: float = 0.0, window: int | None = None, stride: int | None = None) -> None:
+        super().__init__()
+        from remask.likelihood import LikelihoodConfig
+        from remask.train.checkpoint import load_checkpoint
+        from remask.train.distributed import pick_device
+
+        ck = load_checkpoint(ckpt, pick_device(device or "auto"))
+        self.model, self.tok, self.path = ck.model, ck.tokenizer, ck.path
+        self.max_len = ck.config.model.max_seq_len
+        self.window = window or min(ck.config.train.seq_len, self.max_len)
+        self.stride = stride or self.window - 1
+        self.lcfg = LikelihoodConfig(mc_num=mc_num, batch_size=min(mc_batch_size, mc_num), estimator=estimator,
+                                     cfg_scale=cfg, seed=seed)
+        self.batch = _size(batch_size, 16)
+        self.gen = {"gen_length": gen_length, "steps": steps, "block_length": block_length, "remasking": remasking,
+                    "temperature": temperature, "cfg_scale": cfg, "seed": seed}
+        self._key = 0  # a fresh noise key per scored span: independent Monte Carlo errors
+
+    @property
+    def causal(self) -> bool:
+        return bool(self.model.cfg.causal)
+
+    # ------------------------------------------------------------------------- loglikelihood
+
+    def _fit(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
+        """Keep the continuation whole and as much of the context (its end) as the model holds."""
+        if len(cont) >= self.max_len:
+            raise RemaskError(f"a continuation of {len(cont)} tokens does not fit the model context of "
+                              f"{self.max_len} tokens with any context; pick a task with shorter targets")
+        ctx = ctx or [self.tok.eos_id]  # an empty context starts a document
+        return ctx[-(self.max_len - len(cont)):], cont
+
+    def _greedy_mdm(self, ctx: list[int], cont: list[int]) -> bool:
+        """Would the sampler, at temperature 0 and one token per step, produce ``cont``?"""
+        from remask.sampling import SampleConfig, generate
+
+        cfg = SampleConfig(gen_length=len(cont), steps=len(cont), remasking="low_confidence")
+        out = generate(self.model, [ctx], cfg, mask_id=self.tok.mask_id, eos_id=self.tok.eos_id,
+                       eot_id=self.tok.eot_id)
+        return out.tokens[0].tolist() == cont
+
+    def loglikelihood(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        from remask.evaluate import encode_pair
+        from remask.likelihood import ar_logliks, elbo
+
+        pairs = [self._fit(*encode_pair(self.tok, *req.args)) for req in requests]
+        if self.causal:
+            results = [(v, bool(g)) for v, g in ar_logliks(self.model, pairs, batch_size=self.batch, with_greedy=True)]
+        else:
+            results = []
+            for ctx, cont in pairs:
+                if not cont:
+                    results.append((0.0, True))
+                    continue
+                est = elbo(self.model, ctx, cont, self.lcfg, mask_id=self.tok.mask_id, key=self._key)
+                self._key += 1
+                results.append((est.value, self._greedy_mdm(ctx, cont)))
+        for req, res in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood", req.args, res)
+        return results
+
+    def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[float]:
+        from remask.likelihood import rolling_loglik, rolling_windows
+
+        out = []
+        for req in requests:
+            (text,) = req.args
+            stream = [self.tok.eos_id, *self.tok.encode_array(text).tolist()]
+            est = rolling_loglik(self.model, stream, window=self.window, stride=self.stride, cfg=self.lcfg,
+                                 mask_id=self.tok.mask_id, batch_size=self.batch, key=self._key)
+            self._key += len(rolling_windows(len(stream), self.window, self.stride))
+            out.append(est.value)
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, est.value)
+        return out
+
+    # ------------------------------------------------------------------------- generation
+
+    def _sample_config(self, kwargs: dict[str, Any]) -> Any:
+        from remask.sampling import SampleConfig
+
+        n = self.gen["gen_length"] or int(kwargs.get("max_gen_toks", 64))
+        temperature = float(kwargs.get("temperature", self.gen["temperature"])) if kwargs.get("do_sample") \
+            else self.gen["temperature"]
+        return SampleConfig(gen_length=n, steps=self.gen["steps"] or n, block_length=self.gen["block_length"],
+                            temperature=temperature, remasking=self.gen["remasking"], cfg_scale=self.gen["cfg_scale"],
+                            seed=self.gen["seed"])
+
+    def generate_until(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[str]:
+        from remask.evaluate import generate_texts
+
+        out = []
+        for req in requests:
+            context, kwargs = req.args
+            kwargs = dict(kwargs or {})
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            sample = self._sample_config(kwargs)
+            ids = self.tok.encode(context)[-(self.max_len - sample.gen_length):] if context else []
+            text = generate_texts(self.model, self.tok, [ids], sample)[0]
+            for stop in until:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            out.append(text)
+            self.cache_hook.add_partial("generate_until", req.args, text)
+        return out
+
+    # ------------------------------------------------------------------------- chat
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        from remask.data.chat import render
+
+        return render(chat_history, self.tok, add_generation_prompt=add_generation_prompt)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"remask-{self.tok.kind}-{self.tok.digest()[:12]}"
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        from remask.data.chat import template_of
+
+        return template_of(self.tok) if chat_template else None
+
+
+def register() -> type[RemaskLM]:
+    """Make ``--model remask`` known to lm-eval in this process (idempotent)."""
+    import lm_eval.models  # noqa: F401  (the built-in models first: lm-eval imports them only into an empty registry)
+    from lm_eval.api.registry import MODEL_REGISTRY, register_model  # both names exist across lm-eval 0.4.x
+
+    if NAME not in MODEL_REGISTRY:
+        register_model(NAME)(RemaskLM)
+    return RemaskLM
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``remask-lm-eval ARGS`` == ``lm_eval ARGS`` with ``--model remask`` available."""
+    from lm_eval.__main__ import cli_evaluate
+
+    register()
+    sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
