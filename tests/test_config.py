@@ -30,3 +30,7 @@ def test_round_trip_through_dict_and_presets_are_valid():
         cfg = make()
         assert RunConfig.from_dict(cfg.to_dict()) == cfg
     assert TrainConfig(batch_size=8).micro_batch_size == 8
+    # A micro-batch that followed the batch size keeps following it; an explicit one stays.
+    assert apply_overrides(RunConfig(), {"train.batch_size": "4"}).train.micro_batch_size == 4
+    cfg = apply_overrides(RunConfig(), {"train.batch_size": "32", "train.micro_batch_size": "8"})
+    assert apply_overrides(cfg, {"train.batch_size": "64"}).train.micro_batch_size == 8

@@ -205,6 +205,8 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return a new RunConfig with ``{"train.lr": "1e-3", ...}`` applied and re-validated."""
     d = cfg.to_dict()
+    if d["train"]["micro_batch_size"] == cfg.train.batch_size and "train.micro_batch_size" not in overrides:
+        d["train"]["micro_batch_size"] = None  # it followed batch_size; let it follow the new one
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if section not in d or not name:

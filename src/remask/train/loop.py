@@ -146,6 +146,12 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
     elif init_from is not None:  # continue from a checkpoint's weights (SFT, continued pre-training)
         ck = load_checkpoint(init_from, info.device)
         model, cfg, tok = ck.model, RunConfig(model=ck.config.model, train=cfg.train), ck.tokenizer
+        if tokenizer is not None:  # e.g. the base tokenizer with a chat template added for SFT
+            tok = _resolve_tokenizer(tokenizer)
+            m = ck.config.model
+            if (tok.vocab_size, tok.mask_id, tok.eos_id) != (m.vocab_size, m.mask_token_id, m.eos_token_id):
+                raise RemaskError(f"the tokenizer given does not match checkpoint '{init_from}' (vocabulary or "
+                                  "mask/EOS ids differ); drop the tokenizer to use the checkpoint's own")
     else:
         tok = _resolve_tokenizer(tokenizer) if source is not None else None
     if source is None and data_dir is None:
@@ -224,8 +230,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
             mine = np.arange(step * t.batch_size, (step + 1) * t.batch_size)[info.rank * per_rank:(info.rank + 1) * per_rank]
             micro = [mine[i:i + t.micro_batch_size] for i in range(0, per_rank, t.micro_batch_size)]
             step_loss = torch.zeros((), device=info.device)
+            n_tok = 0
             for j, idx in enumerate(micro):
                 batch = source.train_batch(step, idx).truncate(length).to(info.device)
+                n_tok += batch.tokens.numel() * info.world_size  # SFT batches can be shorter than seq_len
                 noise = keyed_uniform(t.seed, step, idx, 1 + batch.tokens.shape[1], NOISE).to(info.device)
                 sync = j == len(micro) - 1 or not info.enabled
                 with (contextlib.nullcontext() if sync else ddp_model.no_sync()), autocast(info.device, t.dtype):
@@ -239,7 +247,6 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            n_tok = t.batch_size * length
             tokens_seen += n_tok
             window_tokens += n_tok
             elapsed += time.perf_counter() - t0
