@@ -10,6 +10,7 @@ from remask.config import ModelConfig
 from remask.errors import RemaskError
 from remask.model import build_model
 from remask.sampling import (
+    CONFIDENCES,
     RULES,
     SampleConfig,
     StepEvent,
@@ -240,9 +241,10 @@ def test_confidence_eos_eot_inf_uses_the_sampled_tokens(monkeypatch):
 
     def spy(logits, x0, candidates, generator):
         seen.append((x0.clone(), candidates.clone()))
-        return RULES["low_confidence"](logits, x0, candidates, generator)
+        return CONFIDENCES["low_confidence"](logits, x0, candidates, generator)
 
-    monkeypatch.setitem(RULES, "spy", spy)
+    monkeypatch.setitem(CONFIDENCES, "spy", spy)
+    monkeypatch.setitem(RULES, "spy", RULES["low_confidence"])
     table = torch.zeros(18, 32)
     table[:, EOS] = 5.0 + torch.linspace(0, 0.5, 18)  # p(EOS) about 0.6, p(token 3) about 0.3
     table[:, 3] = 4.5
@@ -255,8 +257,8 @@ def test_confidence_eos_eot_inf_uses_the_sampled_tokens(monkeypatch):
         generate(FixedLogits(table), [[1, 2]], cfg, mask_id=MASK, eos_id=EOS, callback=events.append)
         for (x0, candidates), ev in zip(seen, events, strict=True):
             if (ev.canvas[ev.committed] == EOS).any():
-                others = candidates & (x0 != EOS)
-                assert (ev.committed | ~others).all()
+                others = candidates & (x0 != EOS)  # the rule sees the block's columns, here 2..17
+                assert (ev.committed[:, 2:] | ~others).all()
                 checked += int(others.sum())
     assert checked > 0  # the draws did mix EOS and other tokens in an EOS-committing step
 
@@ -321,12 +323,14 @@ def test_config_errors():
         SampleConfig(gen_length=64, block_length=30)
     with pytest.raises(RemaskError, match=r"--steps 10 .*--block-length 16.*try --steps 12"):
         SampleConfig(gen_length=64, block_length=16, steps=10)
-    with pytest.raises(RemaskError, match="low_confidence, random"):
+    with pytest.raises(RemaskError, match="entropy, low_confidence, margin, random, threshold"):
         SampleConfig(remasking="nope")
-    for bad in (dict(temperature=-1.0), dict(steps=0), dict(gen_length=0), dict(cfg_scale=-1.0)):
+    for bad in (dict(temperature=-1.0), dict(steps=0), dict(gen_length=0), dict(cfg_scale=-1.0),
+                dict(threshold=0.0), dict(threshold=1.5), dict(cache="full"), dict(confidence="nope"),
+                dict(dtype="fp16")):
         with pytest.raises(RemaskError):
             SampleConfig(**bad)
-    assert set(RULES) >= {"low_confidence", "random"}
+    assert set(RULES) >= {"low_confidence", "random", "margin", "entropy", "threshold"}
 
 
 def test_generate_input_errors(model):
@@ -341,3 +345,83 @@ def test_generate_input_errors(model):
         infill(model, [1] * 70, [True] * 70, SampleConfig(), mask_id=MASK, eos_id=EOS)
     with pytest.raises(RemaskError, match="nothing to fill"):
         infill(model, [1, 2], [False, False], SampleConfig(), mask_id=MASK, eos_id=EOS)
+
+
+# ----------------------------------------------------------------------------- early exit
+
+def _ending_table(columns: list[int], V: int = 32) -> Tensor:
+    """Column j (after a 2-token prompt) predicts columns[j] with logit 9."""
+    table = torch.zeros(2 + len(columns), V)
+    table[torch.arange(2, 2 + len(columns)), torch.tensor(columns)] = 9.0
+    return table
+
+
+def test_early_stop_after_an_all_eos_block():
+    # Blocks of 4: text, EOS, then text again. The model is never asked about blocks 2 and 3.
+    cols = [5] * 4 + [EOS] * 4 + [7] * 8
+    mock = FixedLogits(_ending_table(cols))
+    out, events = _run(mock, [[1, 2]], SampleConfig(gen_length=16, steps=16, block_length=4))
+    assert out.tokens[0].tolist() == [5] * 4 + [EOS] * 12
+    assert out.n_forward == mock.calls == 8 and out.n_forward_saved == 8
+    last = events[-1]
+    assert last.early_exit and last.n_forward == 8 and last.committed[0, 2 + 8:].all()
+    assert not last.committed[0, : 2 + 8].any() and not any(e.early_exit for e in events[:-1])
+    full = generate(FixedLogits(_ending_table(cols)), [[1, 2]],
+                    SampleConfig(gen_length=16, steps=16, block_length=4, early_stop=False), mask_id=MASK, eos_id=EOS)
+    assert full.tokens[0].tolist() == cols and full.n_forward == 16 and full.n_forward_saved == 0
+
+
+def test_early_stop_when_the_rest_is_predicted_eos():
+    # Block 0 ends in EOS and every later column predicts EOS: block 1's first pass ends the run.
+    cols = [5, 5, 5, EOS] + [EOS] * 12
+    mock = FixedLogits(_ending_table(cols))
+    out, events = _run(mock, [[1, 2]], SampleConfig(gen_length=16, steps=16, block_length=4))
+    assert out.tokens[0].tolist() == cols and out.n_forward == 5 and out.n_forward_saved == 11
+    assert events[-1].early_exit and events[-1].committed[0, 2 + 4:].all()
+    # With CFG every skipped step would have cost two passes.
+    out = generate(FixedLogits(_ending_table(cols)), [[1, 2]],
+                   SampleConfig(gen_length=16, steps=16, block_length=4, cfg_scale=1.0), mask_id=MASK, eos_id=EOS)
+    assert out.n_forward == 10 and out.n_forward_saved == 22
+    # Without EOS just before the block, predicted EOS is not enough: block 1 is denoised, then (a) stops.
+    cols = [5] * 4 + [EOS] * 12
+    out = generate(FixedLogits(_ending_table(cols)), [[1, 2]],
+                   SampleConfig(gen_length=16, steps=16, block_length=4), mask_id=MASK, eos_id=EOS)
+    assert out.tokens[0].tolist() == cols and out.n_forward == 8 and out.n_forward_saved == 8
+
+
+class FirstTokenDecides(nn.Module):
+    """Row-dependent logits: a prompt starting with 1 ends after block 0; any other keeps writing 7s."""
+
+    def __init__(self, P: int, block: int) -> None:
+        super().__init__()
+        self.P, self.block = P, block
+
+    def forward(self, idx: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        B, L = idx.shape
+        logits = torch.zeros(B, L, 32)
+        logits[:, :, 7] = 9.0
+        first = idx[torch.arange(B), (~attn_mask).sum(-1) if attn_mask is not None else 0]  # (B,) first real token
+        ends = (first == 1)[:, None] & (torch.arange(L) >= self.P + self.block)[None]  # (B, L)
+        logits[ends] = 0.0
+        logits[..., EOS] = torch.where(ends, 9.0, 0.0)
+        return logits
+
+
+def test_early_stop_is_per_row_and_batched_equals_one_by_one():
+    cfg = SampleConfig(gen_length=12, steps=12, block_length=4)
+    prompts = [[1, 4, 4], [2, 4], [1, 4]]
+    batched = generate(FirstTokenDecides(3, 4), prompts, cfg, mask_id=MASK, eos_id=EOS)
+    for row, p in zip(batched.tokens, prompts):
+        alone = generate(FirstTokenDecides(len(p), 4), [p], cfg, mask_id=MASK, eos_id=EOS)
+        assert torch.equal(row, alone.tokens[0])
+        assert row.tolist() == ([7] * 4 + [EOS] * 8 if p[0] == 1 else [7] * 12)
+        assert alone.n_forward == (8 if p[0] == 1 else 12)
+    assert batched.n_forward == 12 and batched.n_forward_saved == 0  # row 1 needs every step
+
+
+def test_trim_eos():
+    from remask.sampling import trim_eos
+
+    assert trim_eos([5, 6, EOS, 7, EOS], EOS) == [5, 6]
+    assert trim_eos(torch.tensor([5, 29, EOS]), EOS, eot_id=29) == [5]
+    assert trim_eos([5, 6], EOS) == [5, 6] and trim_eos([EOS, 5], EOS) == []

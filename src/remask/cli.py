@@ -85,7 +85,18 @@ def add_sampler_args(p: argparse.ArgumentParser, *, prompt: bool = True) -> None
     p.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
     p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block length (default: one block)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = argmax (deterministic)")
-    p.add_argument("--remasking", default="low_confidence", help="remasking rule: low_confidence, random, ...")
+    p.add_argument("--remasking", default="low_confidence",
+                   help="rule: low_confidence (LLaDA), margin, entropy, random, or threshold (parallel decoding)")
+    p.add_argument("--confidence", default=None, choices=["low_confidence", "margin", "entropy", "random"],
+                   help="confidence measure for --remasking threshold (default: low_confidence)")
+    p.add_argument("--threshold", type=float, default=0.9, help="threshold rule: commit tokens this confident")
+    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
+                   help="approximate K/V cache of the semi-autoregressive loop (none: exact)")
+    p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                   help="denoise every block even after the answer has ended in EOS")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="forward precision (auto: bf16 on CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward pass (GPU)")
     p.add_argument("--cfg", type=float, default=0.0, dest="cfg_scale", help="classifier-free guidance scale")
     p.add_argument("--logits-eos-inf", action="store_true", help="never generate EOS")
     p.add_argument("--confidence-eos-eot-inf", action="store_true", help="commit EOS / end-of-turn last")
@@ -102,7 +113,10 @@ def sample_config(args: argparse.Namespace, gen_length: int | None = None) -> An
     return SampleConfig(gen_length=n, steps=args.steps if args.steps is not None else n,
                         block_length=args.block_length, temperature=args.temperature, remasking=args.remasking,
                         cfg_scale=args.cfg_scale, logits_eos_inf=args.logits_eos_inf,
-                        confidence_eos_eot_inf=args.confidence_eos_eot_inf, seed=args.seed)
+                        confidence_eos_eot_inf=args.confidence_eos_eot_inf, seed=args.seed,
+                        confidence=getattr(args, "confidence", None), threshold=getattr(args, "threshold", 0.9),
+                        cache=getattr(args, "cache", "none"), early_stop=getattr(args, "early_stop", True),
+                        dtype=getattr(args, "dtype", "auto"), compile=getattr(args, "compile", False))
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
@@ -190,6 +204,7 @@ def _train_run(args: argparse.Namespace) -> int:
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="?", default="", help="prompt text (empty: start of a document)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the checkpoint's chat template")
     add_sampler_args(p)
 
 
@@ -200,7 +215,12 @@ def _generate_run(args: argparse.Namespace) -> int:
     from remask.train.distributed import pick_device
 
     model, tok = load_model(args.ckpt, pick_device(args.device))
-    ids = tok.encode(args.prompt) if args.prompt else [tok.eos_id]
+    if args.chat:
+        from remask.chat import prompt_ids, trim_answer
+
+        ids = prompt_ids(tok, args.prompt)
+    else:
+        ids = tok.encode(args.prompt) if args.prompt else [tok.eos_id]
     if model.cfg.causal:
         from remask.sampling.ar import ARSampleConfig, ar_generate
 
@@ -210,8 +230,9 @@ def _generate_run(args: argparse.Namespace) -> int:
         show = _step_printer(tok, len(ids)) if args.show_steps and not args.json else None
         out = generate(model, [ids], sample_config(args), mask_id=tok.mask_id, eos_id=tok.eos_id,
                        eot_id=tok.eot_id, callback=show)
-    text = tok.decode(out.tokens[0].tolist(), skip_special_tokens=True)
-    emit(args, {"prompt": args.prompt, "text": text, "n_forward": out.n_forward}, args.prompt + text)
+    gen = trim_answer(out.tokens[0].tolist(), tok)[0] if args.chat else out.tokens[0].tolist()
+    text = tok.decode(gen, skip_special_tokens=True)
+    emit(args, {"prompt": args.prompt, "text": text, "n_forward": out.n_forward}, text if args.chat else args.prompt + text)
     return 0
 
 
@@ -269,12 +290,28 @@ def _step_printer(tok: Any, start: int) -> Callable[[Any], None]:
     return show
 
 
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """A command function that lives in another module, imported only when that command runs."""
+    def call(*args: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args)
+
+    return call
+
+
 COMMANDS = [
     Command("prepare", "tokenise text into memory-mapped shards", _prepare_args, _prepare_run),
     Command("tokenizer", "train a BPE tokenizer on your corpus", _tokenizer_args, _tokenizer_run),
     Command("train", "train a masked diffusion LM (or the AR baseline)", _train_args, _train_run),
     Command("generate", "sample a continuation by iterative unmasking", _generate_args, _generate_run),
     Command("infill", "fill <mask:N> spans in a text", _infill_args, _infill_run),
+    Command("sft", "fine-tune on chat data (LLaDA SFT, or the AR baseline)", _lazy("remask.sft", "add_args"),
+            _lazy("remask.sft", "run")),
+    Command("chat", "chat with a fine-tuned checkpoint in the terminal", _lazy("remask.chat", "add_args"),
+            _lazy("remask.chat", "run")),
+    Command("eval", "score a checkpoint: perplexity bound, completion accuracy, multiple choice",
+            _lazy("remask.evaluate", "eval_add_args"), _lazy("remask.evaluate", "eval_run")),
 ]
 
 

@@ -11,6 +11,11 @@ Build on the meta device and call ``init_weights()`` (or load a state dict with 
         model = Transformer(cfg)
     model.to_empty(device="cpu")
     model.init_weights()
+
+Samplers may pass a ``KVCache`` to run a window of columns against the stored keys and values
+of the others (an exact decoder cache for ``causal=True``; an approximate one for diffusion,
+where the stored entries go stale as the canvas changes). The model still returns logits only;
+which columns to recompute, and when, is the sampler's business (``remask.sampling.cache``).
 """
 
 from __future__ import annotations
@@ -55,6 +60,33 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x.float() * cos + rotated.float() * sin).type_as(x)
 
 
+class KVCache:
+    """Rotated keys and values of every layer for columns 0..capacity-1: (B, Hkv, capacity, D) each.
+
+    A forward with ``cache=`` writes its window's keys/values at columns start..start+W-1, then
+    lets the window's queries attend to every column written so far (``length``). Buffers are
+    allocated on first write (dtype and device follow the keys), so one cache serves fp32 and
+    bf16 runs alike. Columns the caller never rewrites keep their old, possibly stale, entries.
+    """
+
+    def __init__(self, n_layer: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0  # columns 0..length-1 hold keys/values
+        self.keys: list[Tensor | None] = [None] * n_layer
+        self.values: list[Tensor | None] = [None] * n_layer
+
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store (B, Hkv, W, D) at columns start.. and return the (B, Hkv, length, D) keys and values."""
+        if self.keys[layer] is None:
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            self.keys[layer] = k.new_zeros(shape)
+            self.values[layer] = v.new_zeros(shape)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, start:start + k.shape[2]] = k
+        values[:, :, start:start + v.shape[2]] = v
+        return keys[:, :, :self.length], values[:, :, :self.length]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -64,12 +96,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
+                cache: tuple[KVCache, int, int] | None = None) -> Tensor:
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, L, D)
         k = self.k_proj(x).view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
         v = self.v_proj(x).view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # (cache, layer index, first column of the window)
+            k, v = cache[0].write(cache[1], cache[2], k, v)  # (B, Hkv, length, D): stored + this window
+            causal = False  # window_mask already holds the causal pattern (or there is none)
         if self.n_kv_head != self.n_head:  # grouped-query attention: share each K/V head
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -97,8 +133,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, causal)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
+                cache: tuple[KVCache, int, int] | None = None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, causal, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -134,26 +171,44 @@ class Transformer(nn.Module):
             else:
                 p.normal_(0.0, std, generator=gen)
 
-    def forward(self, idx: Tensor, attn_mask: Tensor | None = None, position_ids: Tensor | None = None) -> Tensor:
-        """Logits for every position.
+    def forward(self, idx: Tensor, attn_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                cache: KVCache | None = None, start: int = 0) -> Tensor:
+        """Logits for every position of ``idx``.
 
         idx: (B, L) token ids. attn_mask: optional (B, L) bool, True for real tokens; padded keys
         are hidden from every query. position_ids: optional (B, L) rotary positions; by default
         0..L-1, or, with an attn_mask, the count of real tokens before each position, so a
         left-padded prompt sees exactly the positions it would see alone.
+
+        With ``cache``, idx (B, W) holds columns start..start+W-1 of a longer sequence: their
+        keys/values are written into the cache and their queries attend to every column the
+        cache holds (0..cache.length-1 after this write), under the causal mask if ``causal``.
+        attn_mask then covers those columns, (B, cache.length); position_ids stays (B, W).
         """
         B, L = idx.shape
+        total = L
+        if cache is not None:
+            if start < 0 or start + L > cache.capacity:
+                raise ValueError(f"columns {start}..{start + L - 1} do not fit a cache of {cache.capacity}")
+            cache.length = total = max(cache.length, start + L)
         if position_ids is None:
             if attn_mask is None:
-                position_ids = torch.arange(L, device=idx.device).expand(B, L)
+                position_ids = torch.arange(start, start + L, device=idx.device).expand(B, L)
             else:
-                position_ids = (attn_mask.long().cumsum(-1) - 1).clamp_min(0)
+                position_ids = (attn_mask.long().cumsum(-1) - 1).clamp_min(0)[:, start:start + L]
         cos, sin = rope_tables(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = None if attn_mask is None else attention_mask(attn_mask, self.cfg.causal)
+        if cache is None:
+            mask = None if attn_mask is None else attention_mask(attn_mask, self.cfg.causal)
+        else:
+            mask = window_mask(attn_mask, start, L, total, self.cfg.causal, idx.device)
         x = self.embed(idx)  # (B, L, d_model)
-        for block in self.blocks:
-            x = block(x, cos, sin, mask, self.cfg.causal)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, self.cfg.causal, None if cache is None else (cache, i, start))
         return self.lm_head(self.norm(x))  # (B, L, V)
+
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty ``KVCache`` for sequences of up to ``capacity`` columns."""
+        return KVCache(self.cfg.n_layer, capacity)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -171,6 +226,25 @@ def attention_mask(key_mask: Tensor, causal: bool) -> Tensor:
     if causal:
         allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=key_mask.device).tril()
     return allowed | torch.eye(L, dtype=torch.bool, device=key_mask.device)
+
+
+def window_mask(key_mask: Tensor | None, start: int, width: int, total: int, causal: bool,
+                device: torch.device) -> Tensor | None:
+    """(B, total) key padding -> (B, 1, width, total) bool for queries at columns start..start+width-1.
+
+    None when every query may see every key (bidirectional, no padding): SDPA's fast path.
+    Each query always sees its own column, as in ``attention_mask``.
+    """
+    if key_mask is None and (not causal or (width == 1 and start + 1 == total)):
+        return None
+    query_col = torch.arange(start, start + width, device=device)[:, None]  # (W, 1)
+    key_col = torch.arange(total, device=device)[None, :]  # (1, total)
+    allowed = torch.ones(1, 1, width, total, dtype=torch.bool, device=device)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :total]  # (B, 1, W, total)
+    if causal:
+        allowed = allowed & (key_col <= query_col)
+    return allowed | (key_col == query_col)
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:

@@ -22,6 +22,8 @@ class ARSampleConfig:
     top_k: int | None = _help("sample among the k most likely tokens (None: all)", None)
     top_p: float | None = _help("nucleus sampling mass (None: off)", None)
     seed: int = _help("seed of the sampling generator", 0)
+    kv_cache: bool = _help("reuse the keys/values of earlier tokens (exact for a causal model; one new "
+                           "column per pass instead of the whole prefix)", True)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -58,8 +60,9 @@ def ar_generate(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampl
                 mask_id: int | None = None) -> ARGeneration:
     """Decode left to right. Prompts of different lengths are left-padded with an attention mask.
 
-    Recomputes the whole prefix each step (no KV cache): simple and exact; the cached decoder
-    lives with the other caches.
+    With ``cfg.kv_cache`` (and a model with ``new_cache``) the prompt is run once and every
+    later pass feeds only the newest token against the stored keys/values: the causal model's
+    earlier columns never change, so this is exact (equal to recomputing, up to float rounding).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise RemaskError("every prompt needs at least one token (e.g. the EOS id as a document start)")
@@ -69,14 +72,24 @@ def ar_generate(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampl
     if limit is not None and width + cfg.max_new_tokens > limit:
         raise RemaskError(f"prompt ({width} tokens) + --gen-length {cfg.max_new_tokens} exceeds the model context "
                           f"of {limit} tokens; shorten the prompt or lower --gen-length")
-    x = torch.full((len(prompts), width), eos_id, dtype=torch.long, device=device)
+    total = width + cfg.max_new_tokens
+    x = torch.full((len(prompts), total), eos_id, dtype=torch.long, device=device)  # (B, total)
     attn = torch.zeros_like(x, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        x[i, width - len(p):] = torch.tensor(list(p), device=device)
-        attn[i, width - len(p):] = True
+        x[i, width - len(p):width] = torch.tensor(list(p), device=device)
+        attn[i, width - len(p):] = True  # generated columns are real too
+    padded = not bool(attn[:, :width].all())
+    causal = getattr(getattr(model, "cfg", None), "causal", False)  # a cache is only exact for a causal model
+    cache = model.new_cache(total) if cfg.kv_cache and causal and callable(getattr(model, "new_cache", None)) else None
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    for _ in range(cfg.max_new_tokens):
-        logits = model(x, attn_mask=attn)[:, -1].float()  # (B, V)
+    for t in range(width, total):
+        mask = attn[:, :t] if padded else None
+        if cache is None:
+            logits = model(x[:, :t], attn_mask=mask)[:, -1].float()  # (B, V)
+        elif t == width:  # prefill: the whole prompt once
+            logits = model(x[:, :t], attn_mask=mask, cache=cache, start=0)[:, -1].float()
+        else:  # only the newest token, against the cached prefix
+            logits = model(x[:, t - 1:t], attn_mask=mask, cache=cache, start=t - 1)[:, -1].float()
         if mask_id is not None:
             logits[:, mask_id] = float("-inf")
         if cfg.temperature == 0:
@@ -84,6 +97,5 @@ def ar_generate(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampl
         else:
             probs = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-        x = torch.cat([x, nxt[:, None]], dim=1)
-        attn = torch.cat([attn, torch.ones_like(nxt[:, None], dtype=torch.bool)], dim=1)
+        x[:, t] = nxt
     return ARGeneration(x[:, width:], cfg.max_new_tokens)

@@ -109,9 +109,13 @@ def infill(
         raise RemaskError(f"the infill text ({ids.shape[1]} tokens, holes included) exceeds the model context of "
                           f"{limit} tokens; shorten the text or the <mask:N> spans")
     check_vocab(model, ids[~edit], "the infill text")
+    # One block spanning the holes (the same commits as the whole canvas, since only holes are
+    # candidates), so a dual cache recomputes just that span and keeps the text around it.
+    cols = edit.any(0).nonzero().flatten()
+    span = [(int(cols[0]), int(cols[-1]) + 1)]
     events = denoise(model, ids, edit, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
-                     prompt_mask=~edit, block_bounds=None)
-    final, n_forward = run_events(events, torch.where(edit, mask_id, ids), callback)
+                     prompt_mask=~edit, block_bounds=span)
+    final, n_forward, _ = run_events(events, torch.where(edit, mask_id, ids), callback)
     return Generation(tokens=final, canvas=final, n_forward=n_forward)
 
 

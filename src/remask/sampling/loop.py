@@ -5,17 +5,21 @@ Nie et al. 2025, Algorithm 4 (reverse process with low-confidence remasking) and
 mask tokens. The generated region is cut into blocks of ``block_length``, filled left to right,
 ``steps // num_blocks`` steps each. At every step:
 
-1. one forward pass gives logits for every position (with classifier-free guidance, one pass
-   over the doubled batch [conditional; unconditional], the unconditional copy having its
+1. one forward pass gives logits for the current block (with classifier-free guidance, one
+   pass over the doubled batch [conditional; unconditional], the unconditional copy having its
    prompt masked, and logits = u + (w + 1)(c - u));
-2. a token x0 is drawn for every masked position (argmax at temperature 0, Gumbel-max above);
-3. a rule (``rules.RULES``) scores the masked positions of the current block, and the
-   schedule's number of them (``schedule.num_transfer_tokens``) with the highest scores is
-   committed; the rest stay masked ("remasked") for later steps.
+2. a token x0 is drawn for every masked position of the block (argmax at temperature 0,
+   Gumbel-max above);
+3. a confidence measure (``rules.CONFIDENCES``) scores them and a rule (``rules.RULES``)
+   commits the schedule's number (``schedule.num_transfer_tokens``) with the highest scores, or,
+   for ``threshold``, every one at least that sure; the rest stay masked ("remasked").
 
 Committed and prompt tokens never change again. ``denoise`` is the loop itself, a generator of
-``StepEvent``s; ``generate`` (a prompt, then new text) and ``infill.infill`` (holes inside fixed
-text) only build its canvas. The engine knows nothing about tokenization.
+``StepEvent``s; ``generate_stream`` (events) and ``generate`` (the result) put a prompt before new text,
+``infill.infill`` fills holes inside fixed text. Speed-ups, each off or on in ``SampleConfig``:
+parallel decoding (``remasking="threshold"``), approximate K/V caches (``cache``, see
+``cache.py``), early exit once the answer has ended (``early_stop``), bf16 and torch.compile.
+The engine knows nothing about tokenization.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import torch
 from torch import Tensor
 
 from remask.errors import RemaskError
-from remask.sampling.rules import NEG_INF, RULES, demote, select_topk
+from remask.sampling.cache import CACHE_MODES, DTYPES, BlockForward, guided_logits  # noqa: F401 (old home)
+from remask.sampling.rules import CONFIDENCES, NEG_INF, RULES, demote, measure_name, top_k
 from remask.sampling.schedule import num_transfer_tokens
 
 
@@ -50,13 +55,22 @@ class SampleConfig:
     block_length: int | None = _help("semi-autoregressive block length; must divide gen_length (None: one block)",
                                      None)
     temperature: float = _help("Gumbel-max sampling temperature (0: argmax, deterministic)", 0.0)
-    remasking: str = _help("which masked tokens to commit each step: a rule name, e.g. low_confidence or random",
-                           "low_confidence")
+    remasking: str = _help("which masked tokens to commit each step: low_confidence (LLaDA), margin, entropy, "
+                           "random, or threshold (parallel decoding)", "low_confidence")
     cfg_scale: float = _help("classifier-free guidance weight w (0: off; >0 doubles the forward passes)", 0.0)
     logits_eos_inf: bool = _help("never generate EOS/EOT: their logits are set to -inf", False)
     confidence_eos_eot_inf: bool = _help("commit EOS/EOT predictions only after every other token of the block",
                                          False)
     seed: int = _help("seed of the sampling noise (Gumbel draws, random remasking)", 0)
+    confidence: str | None = _help("confidence measure: low_confidence, margin, entropy or random "
+                                   "(None: the rule's namesake; low_confidence for threshold)", None)
+    threshold: float = _help("remasking=threshold: commit every masked token whose confidence >= this", 0.9)
+    cache: str = _help("approximate K/V cache: none (exact), prefix, or dual (prefix and suffix)", "none")
+    early_stop: bool = _help("stop once the answer has ended: a block committed entirely as EOS, or a block "
+                             "ending in EOS with EOS predicted for the whole rest; the rest is filled with EOS",
+                             True)
+    dtype: str = _help("forward-pass precision: auto (bf16 on CUDA), float32 or bfloat16", "auto")
+    compile: bool = _help("torch.compile the model's forward pass (pays off on GPU for repeated calls)", False)
 
     def __post_init__(self) -> None:
         _check(self.gen_length > 0, f"--gen-length must be positive, got {self.gen_length}")
@@ -76,6 +90,14 @@ class SampleConfig:
         _check(self.cfg_scale >= 0, f"--cfg-scale must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
         _check(self.remasking in RULES,
                f"--remasking {self.remasking!r} is not a known rule; choose one of: {', '.join(sorted(RULES))}")
+        _check(self.confidence is None or self.confidence in CONFIDENCES,
+               f"--confidence {self.confidence!r} is not a known measure; choose one of: "
+               f"{', '.join(sorted(CONFIDENCES))}")
+        _check(0 < self.threshold <= 1, f"--threshold must be in (0, 1] (confidences are probabilities), "
+                                        f"got {self.threshold}")
+        _check(self.cache in CACHE_MODES, f"--cache {self.cache!r} is not a cache mode; choose one of: "
+                                          f"{', '.join(CACHE_MODES)}")
+        _check(self.dtype in DTYPES, f"--dtype {self.dtype!r} must be one of: {', '.join(DTYPES)}")
 
     @property
     def num_blocks(self) -> int:
@@ -84,14 +106,22 @@ class SampleConfig:
 
 @dataclass
 class StepEvent:
-    """What one denoising step did; ``denoise`` yields one per forward pass."""
+    """What one denoising step did; ``denoise`` yields one per forward pass, and one when early exit
+    fills ended rows with EOS before a block (no forward pass, ``early_exit`` set)."""
 
     step: int  # index over all steps of the run (block * steps_per_block + step in block)
     block: int  # index of the block being filled
     canvas: Tensor  # (B, L) long, the canvas after this step's commits (a copy)
     committed: Tensor  # (B, L) bool, positions committed at this step
-    confidence: Tensor  # (B, L) float, the rule's scores (-inf outside the block's masked positions)
+    confidence: Tensor  # (B, L) float, the measure's scores (-inf outside the block's masked positions)
     n_forward: int  # network evaluations so far (a CFG step counts 2)
+    early_exit: bool = False  # some row's answer ended here: its remaining masks were filled with EOS
+    n_forward_saved: int = 0  # set on the last event when early exit ended the run: scheduled passes skipped
+
+    def commits(self, row: int = 0) -> list[tuple[int, int, float]]:
+        """(position, token, confidence) of every commit of ``row`` at this step, left to right."""
+        cols = self.committed[row].nonzero().flatten().tolist()
+        return [(c, int(self.canvas[row, c]), float(self.confidence[row, c])) for c in cols]
 
 
 @dataclass
@@ -101,6 +131,7 @@ class Generation:
     tokens: Tensor  # (B, gen_length) long, the generated ids (no padding); infill: the filled canvas (B, L)
     canvas: Tensor  # (B, L) long, the final canvas (left padding, prompt, generated tokens)
     n_forward: int  # network evaluations, counting CFG's unconditional pass
+    n_forward_saved: int = 0  # scheduled evaluations early exit skipped (``SampleConfig.early_stop``)
 
 
 def add_gumbel_noise(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
@@ -117,26 +148,6 @@ def add_gumbel_noise(logits: Tensor, temperature: float, generator: torch.Genera
     u = u.clamp_min(torch.finfo(torch.float64).tiny)  # log(0) guard; u < 1 already
     gumbel = -torch.log(-torch.log(u))
     return logits.double() / temperature + gumbel
-
-
-def _call(model: Callable[..., Tensor], x: Tensor, attn_mask: Tensor | None) -> Tensor:
-    return model(x) if attn_mask is None else model(x, attn_mask=attn_mask)
-
-
-def guided_logits(model: Callable[..., Tensor], x: Tensor, attn_mask: Tensor | None, prompt_mask: Tensor,
-                  mask_id: int, cfg_scale: float) -> Tensor:
-    """One forward pass -> (B, L, V) float32 logits, with classifier-free guidance when cfg_scale > 0.
-
-    The unconditional input masks every prompt position (padding stays padding, so it stays
-    hidden by ``attn_mask``); both halves go through the model as one doubled batch.
-    """
-    if cfg_scale <= 0:
-        return _call(model, x, attn_mask).float()
-    uncond = torch.where(prompt_mask, mask_id, x)  # (B, L)
-    both = torch.cat([x, uncond])  # (2B, L)
-    mask2 = None if attn_mask is None else torch.cat([attn_mask, attn_mask])
-    cond_logits, uncond_logits = _call(model, both, mask2).float().chunk(2)  # 2 x (B, L, V)
-    return uncond_logits + (cfg_scale + 1) * (cond_logits - uncond_logits)
 
 
 def _finite(confidence: Tensor, candidates: Tensor) -> Tensor:
@@ -167,10 +178,12 @@ def denoise(
     is fixed. attn_mask: (B, L) bool, True for real tokens (None: all real). prompt_mask: (B, L)
     bool, the positions CFG's unconditional pass masks (None: the fixed real tokens).
     block_bounds: ``[(start, end), ...]`` column ranges filled one after another, ``cfg.steps``
-    shared equally (None: one block over the whole canvas). Uses ``cfg``'s steps, temperature,
-    remasking, cfg_scale, logits_eos_inf, confidence_eos_eot_inf and seed; not gen_length.
+    shared equally (None: one block over the whole canvas). Uses every field of ``cfg`` but
+    gen_length and block_length. Host synchronisation happens between steps only: once per
+    block (schedule, early exit) and, for a rule that may beat its budget (threshold), once per
+    step to stop when the block is full.
     """
-    L = canvas.shape[1]  # canvas: (B, L)
+    B, L = canvas.shape
     device = canvas.device
     editable = editable.to(device=device, dtype=torch.bool)
     blocks = [(0, L)] if block_bounds is None else [(int(s), int(e)) for s, e in block_bounds]
@@ -178,10 +191,14 @@ def denoise(
            f"--steps {cfg.steps} must be a multiple of the number of blocks ({len(blocks)})")
     _check(cfg.remasking in RULES, f"--remasking {cfg.remasking!r} is not a known rule; choose one of: "
            f"{', '.join(sorted(RULES))}")
-    rule = RULES[cfg.remasking]
+    rule, measure = RULES[cfg.remasking], CONFIDENCES[measure_name(cfg.remasking, cfg.confidence)]
+    adaptive = rule is not top_k  # may commit more than the budget, so a block can fill early
     steps_per_block = cfg.steps // len(blocks)
+    passes = 2 if cfg.cfg_scale > 0 else 1
     if prompt_mask is None:
         prompt_mask = ~editable if attn_mask is None else ~editable & attn_mask
+    forward = BlockForward(model, cfg.cache, attn_mask=attn_mask, prompt_mask=prompt_mask, mask_id=mask_id,
+                           cfg_scale=cfg.cfg_scale, dtype=cfg.dtype, compile=cfg.compile, device=device)
     banned = [mask_id] + ([eos_id] + ([eot_id] if eot_id is not None else []) if cfg.logits_eos_inf else [])
     banned_ids = torch.tensor(banned, device=device)  # never predicted
     ending_ids = torch.tensor([eos_id] + ([eot_id] if eot_id is not None else []), device=device)
@@ -193,38 +210,67 @@ def denoise(
     # Blocks only change inside themselves, so each block's starting mask count is known now:
     # one host sync here, none in the step. A block whose rows all hold fewer masks than
     # steps ends with steps that commit nothing anywhere; those are skipped (no forward pass).
-    busiest = torch.stack([masked[:, s:e].sum(-1) for s, e in blocks]).amax(-1).tolist()  # per block
+    planned = [min(steps_per_block, n) for n in
+               torch.stack([masked[:, s:e].sum(-1) for s, e in blocks]).amax(-1).tolist()]  # per block
     n_forward = 0
     for b, (start, end) in enumerate(blocks):
-        in_block = (column >= start) & (column < end)  # (L,)
+        if cfg.early_stop and b > 0:  # (a) the previous block is all EOS: the answer has ended
+            prev_start, prev_end = blocks[b - 1]
+            ended = (x[:, prev_start:prev_end] == eos_id).all(-1)  # (B,)
+            fill = ended[:, None] & masked & (column >= start)  # (B, L)
+            if bool(fill.any()):
+                x, masked = torch.where(fill, eos_id, x), masked & ~fill
+                finished = not bool(masked.any())
+                yield StepEvent(step=b * steps_per_block, block=b, canvas=x.clone(), committed=fill,
+                                confidence=torch.full((B, L), NEG_INF, device=device), n_forward=n_forward,
+                                early_exit=True, n_forward_saved=sum(planned[b:]) * passes if finished else 0)
+                if finished:
+                    return
         schedule = num_transfer_tokens(masked[:, start:end].sum(-1), steps_per_block)  # (B, steps_per_block)
-        for i in range(min(steps_per_block, busiest[b])):
-            logits = guided_logits(model, x, attn_mask, prompt_mask, mask_id, cfg.cfg_scale)  # (B, L, V)
-            n_forward += 2 if cfg.cfg_scale > 0 else 1
+        for i in range(planned[b]):
+            if adaptive and i > 0 and not bool(masked[:, start:end].any()):
+                break  # threshold filled the block early; its remaining steps are not needed
+            logits, offset = forward(x, start, end, first=i == 0)  # (B, W, V) covering [start, end)
+            n_forward += passes
             logits = logits.index_fill(-1, banned_ids, NEG_INF)
-            x0 = add_gumbel_noise(logits, cfg.temperature, generator).argmax(-1)  # (B, L) draw
-            x0 = torch.where(masked, x0, x)  # unmasked positions keep their token
-            candidates = masked & in_block  # (B, L)
-            confidence = _finite(rule(logits, x0, candidates, generator), candidates)  # (B, L)
+            committed = torch.zeros_like(masked)  # (B, L)
+            exited = cfg.early_stop and b > 0 and i == 0
+            if exited:  # (b) EOS just before the block and predicted for every masked column from here on
+                rest = (logits[:, start - offset:].argmax(-1) == eos_id) | ~masked[:, start:]  # (B, L - start)
+                ended = (x[:, start - 1] == eos_id) & rest.all(-1)  # (B,)
+                committed = ended[:, None] & masked & (column >= start)
+                exited = bool(committed.any())  # once per block
+                x, masked = torch.where(committed, eos_id, x), masked & ~committed
+            lb = logits[:, start - offset:end - offset]  # (B, W, V) the block's columns
+            xb, mb = x[:, start:end], masked[:, start:end]  # (B, W)
+            x0 = torch.where(mb, add_gumbel_noise(lb, cfg.temperature, generator).argmax(-1), xb)  # (B, W) draws
+            confidence = _finite(measure(lb, x0, mb, generator), mb)  # (B, W)
             order = confidence
             if cfg.confidence_eos_eot_inf:  # EOS/EOT drawn (not just argmax): commit them last
                 order = demote(confidence, torch.isin(x0, ending_ids))
-            commit = select_topk(order, schedule[:, i])  # (B, L) exactly schedule[:, i] per row
-            x = torch.where(commit, x0, x)
-            masked = masked & ~commit
-            yield StepEvent(step=b * steps_per_block + i, block=b, canvas=x.clone(), committed=commit,
-                            confidence=confidence, n_forward=n_forward)
+            commit = rule(order, schedule[:, i], cfg.threshold)  # (B, W)
+            x[:, start:end] = torch.where(commit, x0, xb)
+            masked[:, start:end] = mb & ~commit
+            committed[:, start:end] |= commit
+            scores = torch.full((B, L), NEG_INF, device=device)
+            scores[:, start:end] = confidence
+            finished = exited and not bool(masked.any())
+            saved = (planned[b] - 1 + sum(planned[b + 1:])) * passes if finished else 0
+            yield StepEvent(step=b * steps_per_block + i, block=b, canvas=x.clone(), committed=committed,
+                            confidence=scores, n_forward=n_forward, early_exit=exited, n_forward_saved=saved)
+            if finished:
+                return
 
 
 def run_events(events: Iterator[StepEvent], start: Tensor,
-               callback: Callable[[StepEvent], None] | None) -> tuple[Tensor, int]:
-    """Drive ``denoise`` to the end, feeding ``callback``: -> (final canvas (B, L), n_forward)."""
-    canvas, n_forward = start, 0
+               callback: Callable[[StepEvent], None] | None) -> tuple[Tensor, int, int]:
+    """Drive ``denoise`` to the end, feeding ``callback``: -> (final canvas (B, L), n_forward, n_forward_saved)."""
+    canvas, n_forward, saved = start, 0, 0
     for event in events:
         if callback is not None:
             callback(event)
-        canvas, n_forward = event.canvas, event.n_forward
-    return canvas, n_forward
+        canvas, n_forward, saved = event.canvas, event.n_forward, event.n_forward_saved
+    return canvas, n_forward, saved
 
 
 def model_device(model: Any) -> torch.device:
@@ -278,8 +324,7 @@ def _rows(prompts: Sequence[Sequence[int]]) -> list[Sequence[int]]:
     return rows
 
 
-@torch.inference_mode()
-def generate(
+def generate_stream(
     model: Callable[..., Tensor],
     prompts: Sequence[Sequence[int]] | Tensor,
     cfg: SampleConfig,
@@ -287,14 +332,22 @@ def generate(
     mask_id: int,
     eos_id: int,
     eot_id: int | None = None,
-    callback: Callable[[StepEvent], None] | None = None,
-) -> Generation:
-    """Generate ``cfg.gen_length`` tokens after each prompt with LLaDA's reverse process.
+) -> Iterator[StepEvent]:
+    """``generate`` as a generator of ``StepEvent``s, one per forward pass (plus one per early exit).
 
-    Prompts of different lengths are left-padded with ``eos_id`` and hidden by an attention
-    mask; the model's positions count real tokens only, so each row gets exactly the result it
-    would get alone (at temperature 0). ``callback`` sees every ``StepEvent``.
+    The generated text of row ``r`` is ``event.canvas[r, -cfg.gen_length:]``; see
+    ``stream.TextDeltas`` to turn events into text as its stable prefix grows. The prompts are
+    checked when this is called, not when it is first iterated.
     """
+    canvas, editable, attn_mask, bounds = _canvas(model, prompts, cfg, mask_id=mask_id, eos_id=eos_id)
+    # denoise's inference_mode decorator re-enters the mode on every resumption of the generator.
+    return denoise(model, canvas, editable, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
+                   attn_mask=attn_mask, block_bounds=bounds)
+
+
+def _canvas(model: Any, prompts: Sequence[Sequence[int]] | Tensor, cfg: SampleConfig, *, mask_id: int,
+            eos_id: int) -> tuple[Tensor, Tensor, Tensor | None, list[tuple[int, int]]]:
+    """Prompts -> (canvas (B, P + gen_length), editable (B, L), attn_mask (B, L) or None, block bounds)."""
     device = model_device(model)
     ids, attn = left_pad(prompts, eos_id, device)  # (B, P), (B, P) or None
     B, P = ids.shape
@@ -311,7 +364,30 @@ def generate(
                                                                           device=device)], 1)
     block = cfg.block_length or cfg.gen_length
     bounds = [(P + b * block, P + (b + 1) * block) for b in range(cfg.num_blocks)]  # Algorithm 5's blocks
+    return canvas, editable, attn_mask, bounds
+
+
+@torch.inference_mode()
+def generate(
+    model: Callable[..., Tensor],
+    prompts: Sequence[Sequence[int]] | Tensor,
+    cfg: SampleConfig,
+    *,
+    mask_id: int,
+    eos_id: int,
+    eot_id: int | None = None,
+    callback: Callable[[StepEvent], None] | None = None,
+) -> Generation:
+    """Generate ``cfg.gen_length`` tokens after each prompt with LLaDA's reverse process.
+
+    Prompts of different lengths are left-padded with ``eos_id`` and hidden by an attention
+    mask; the model's positions count real tokens only, so each row gets exactly the result it
+    would get alone (at temperature 0, without a cache; with a cache, up to float rounding of
+    the differently shaped attention). ``callback`` sees every ``StepEvent``. With
+    ``cfg.early_stop`` a finished answer is EOS-padded to gen_length (``stream.trim_eos`` cuts it).
+    """
+    canvas, editable, attn_mask, bounds = _canvas(model, prompts, cfg, mask_id=mask_id, eos_id=eos_id)
     events = denoise(model, canvas, editable, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
                      attn_mask=attn_mask, block_bounds=bounds)
-    final, n_forward = run_events(events, canvas, callback)
-    return Generation(tokens=final[:, P:], canvas=final, n_forward=n_forward)
+    final, n_forward, saved = run_events(events, canvas, callback)
+    return Generation(tokens=final[:, -cfg.gen_length:], canvas=final, n_forward=n_forward, n_forward_saved=saved)

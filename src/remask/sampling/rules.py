@@ -1,18 +1,30 @@
-"""Remasking rules: which of the masked positions to commit first.
+"""Remasking rules: which of the masked positions to commit at each step.
 
 At every step of LLaDA's reverse process (Nie et al. 2025, Algorithm 4 "low-confidence
 remasking" and Algorithm 5, its semi-autoregressive form) the model predicts a token ``x0`` for
-every masked position, and only the scheduled number of them is kept; the rest are "remasked".
-A rule scores the candidates; the loop commits the ``k`` highest scores of each row.
+every masked position, and only some are kept; the rest are "remasked". Two small pieces
+decide which:
 
-Every rule has one signature (``Rule``) and lives in the plain ``RULES`` dict, so adding one
-(margin, entropy, ...) is a function plus one line:
+* a **confidence measure** (``CONFIDENCES``) scores each candidate, higher = surer:
 
-    rule(logits (B, L, V) float, x0 (B, L) long, candidates (B, L) bool, generator) -> (B, L) float
+      measure(logits (B, L, V) float, x0 (B, L) long, candidates (B, L) bool, generator) -> (B, L) float
 
-``logits`` are the guided, un-noised logits (after classifier-free guidance and the banned
-tokens set to -inf); ``x0`` the tokens sampled from them; ``candidates`` the masked positions
-inside the current block. Higher scores are committed first; non-candidates must be -inf.
+  ``low_confidence`` p(x0 | x_t) (LLaDA), ``margin`` top-1 minus top-2 probability (Kim et al.
+  2025), ``entropy`` exp(-H(p)), ordered like negative entropy (Dream), ``random`` uniform
+  noise (LLaDA's ``random``). All lie in [0, 1], so one threshold means the same on each.
+  Non-candidates score -inf.
+
+* a **rule** (``RULES``) turns scores into commits; every rule has one signature:
+
+      rule(confidence (B, L), budget (B,) long, threshold float) -> commit (B, L) bool
+
+  ``budget`` is the schedule's token count for this step (``schedule.num_transfer_tokens``).
+  The rules named after a measure commit exactly the ``budget`` best candidates of each row
+  with that measure. ``threshold`` is parallel decoding (Wu et al. 2025, Fast-dLLM, section
+  3.3): it commits every candidate whose confidence reaches the threshold, and never fewer
+  than the budget (at least one), with any measure (``SampleConfig.confidence``).
+
+Adding a rule is a function and one line in each registry it belongs to.
 """
 
 from __future__ import annotations
@@ -22,10 +34,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-Rule = Callable[[Tensor, Tensor, Tensor, torch.Generator | None], Tensor]
+Confidence = Callable[[Tensor, Tensor, Tensor, torch.Generator | None], Tensor]
+Rule = Callable[[Tensor, Tensor, float], Tensor]
 
 NEG_INF = float("-inf")
 
+
+# ----------------------------------------------------------------------------- confidence measures
 
 def low_confidence(logits: Tensor, x0: Tensor, candidates: Tensor, generator: torch.Generator | None) -> Tensor:
     """Model probability of the sampled token, p(x0 | x_t): commit the most confident, remask the rest.
@@ -47,11 +62,39 @@ def random_confidence(logits: Tensor, x0: Tensor, candidates: Tensor, generator:
     return torch.where(candidates, noise, NEG_INF)
 
 
-RULES: dict[str, Rule] = {
+def margin_confidence(logits: Tensor, x0: Tensor, candidates: Tensor, generator: torch.Generator | None) -> Tensor:
+    """p(top-1) - p(top-2): a position whose best guess clearly beats the runner-up goes first.
+
+    Independent of the sampled x0, like the top-probability margin of Kim et al. 2025.
+    """
+    logits = logits.float()  # (B, L, V)
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, L, 1)
+    top2 = (logits.topk(2, dim=-1).values - log_norm).exp()  # (B, L, 2) the two largest probabilities
+    return torch.where(candidates, top2[..., 0] - top2[..., 1], NEG_INF)
+
+
+def entropy_confidence(logits: Tensor, x0: Tensor, candidates: Tensor, generator: torch.Generator | None) -> Tensor:
+    """exp(-H(p)), H the Shannon entropy of the predicted distribution (nats).
+
+    Ranks exactly as negative entropy (Dream's ``entropy`` order) but lies in (0, 1]: 1 is a
+    one-hot prediction, 1/V a uniform one, so a threshold means roughly "as sure as a
+    distribution over 1/tau equally likely tokens".
+    """
+    logp = logits.float().log_softmax(-1)  # (B, L, V)
+    # p log p with p = 0 (banned tokens, logit -inf) contributes 0, not nan.
+    plogp = torch.where(logp > NEG_INF, logp.exp() * logp, 0.0)
+    return torch.where(candidates, plogp.sum(-1).exp(), NEG_INF)  # (B, L) exp(-H)
+
+
+CONFIDENCES: dict[str, Confidence] = {
     "low_confidence": low_confidence,
     "random": random_confidence,
+    "margin": margin_confidence,
+    "entropy": entropy_confidence,
 }
 
+
+# ----------------------------------------------------------------------------- selection
 
 def ranks(confidence: Tensor) -> Tensor:
     """(B, L) scores -> (B, L) long rank of each position in its row, 0 = highest score.
@@ -73,14 +116,48 @@ def select_topk(confidence: Tensor, k: Tensor) -> Tensor:
     return (ranks(confidence) < k[:, None]) & (confidence > NEG_INF)  # (B, L)
 
 
-def demote(confidence: Tensor, last: Tensor) -> Tensor:
-    """Reorder scores so the ``last`` positions come after every other finite score.
+def top_k(confidence: Tensor, budget: Tensor, threshold: float) -> Tensor:
+    """Commit exactly ``budget`` candidates per row, the highest scores first (``threshold`` unused)."""
+    return select_topk(confidence, budget)
 
-    (B, L) float, (B, L) bool -> (B, L) float. Returns rank-based scores: the order within each
-    group is kept, every ``last`` candidate scores below every other candidate, and -inf stays
-    -inf. Used to commit EOS/EOT last (``confidence_eos_eot_inf``) whatever scale the rule uses.
+
+def above_threshold(confidence: Tensor, budget: Tensor, threshold: float) -> Tensor:
+    """Commit every candidate scoring >= ``threshold``, plus the best ``max(budget, 1)`` of each row.
+
+    The floor keeps progress (one token per step at least) and, with fewer steps than masks,
+    still finishes the block within its steps. No host sync: pure tensor ops.
     """
-    L = confidence.shape[-1]
+    sure = (confidence >= threshold) & (confidence > NEG_INF)  # (B, L)
+    return sure | select_topk(confidence, budget.clamp_min(1))
+
+
+RULES: dict[str, Rule] = {
+    "low_confidence": top_k,
+    "random": top_k,
+    "margin": top_k,
+    "entropy": top_k,
+    "threshold": above_threshold,
+}
+
+
+def measure_name(remasking: str, confidence: str | None) -> str:
+    """The confidence measure a rule uses: the explicit one, else the rule's namesake, else low_confidence."""
+    if confidence is not None:
+        return confidence
+    return remasking if remasking in CONFIDENCES else "low_confidence"
+
+
+def demote(confidence: Tensor, last: Tensor) -> Tensor:
+    """Move the ``last`` candidates below every other candidate of their row, keeping each group's order.
+
+    (B, L) float, (B, L) bool -> (B, L) float. The other candidates keep their exact scores (so
+    ``threshold`` still compares real confidences); each ``last`` one is shifted down by its
+    row's score range + 1, which puts it below the row's lowest score and, for measures in
+    [0, 1], below 0, so no positive threshold admits it. -inf stays -inf. Used to commit
+    EOS/EOT last (``confidence_eos_eot_inf``).
+    """
     finite = confidence > NEG_INF  # (B, L)
-    score = -(ranks(confidence) + L * (last & finite).long()).to(confidence.dtype)  # (B, L) higher = first
-    return torch.where(finite, score, NEG_INF)
+    high = torch.where(finite, confidence, NEG_INF).amax(-1, keepdim=True)  # (B, 1)
+    low = torch.where(finite, confidence, float("inf")).amin(-1, keepdim=True)  # (B, 1)
+    shift = (high - low).nan_to_num(0.0, posinf=0.0, neginf=0.0) + 1.0  # (B, 1); rows without candidates: 1
+    return torch.where(last & finite, confidence - shift, confidence)

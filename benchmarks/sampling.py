@@ -1,0 +1,351 @@
+"""Fast sampling: tokens/s, forward passes and sample quality of every rule, threshold decoding and caches.
+
+    python benchmarks/sampling.py                          # trains both models, then samples (~10 min, 2 cores)
+    python benchmarks/sampling.py --ckpt runs/mdm --judge runs/ar   # reuse trained checkpoints
+    python benchmarks/sampling.py --device cuda --dtype bfloat16    # GPU (see gpu_sampling.sh)
+
+1. Data: char-level tinyshakespeare from ../shared/data when present, else remask's built-in
+   corpus; byte tokenizer; the last 10% held out.
+2. Two models trained AT THE SAME TIME in two processes (one thread each): the masked diffusion
+   model and an AR judge (same data, causal) that scores samples. Both train on 256-token windows
+   (a CPU cannot train 1088-token windows in minutes); the MDM's max_seq_len is prompt + 1024,
+   so at gen_length 1024 it runs past its trained length (rotary positions extrapolate, and every
+   setting, the reference included, sees the same canvas). ``--train-only`` trains and keeps the
+   checkpoints in ``--work-dir`` for a later ``--ckpt/--judge`` run.
+3. For gen_length 256 and 1024, one prompt at a time (batch 1), temperature 0, early exit off:
+   the LLaDA reference (low_confidence, steps = gen_length, block 32, no cache) against every
+   other rule, threshold 0.9 parallel decoding, the prefix and dual caches, and cache + threshold.
+   Wall time per configuration gives tokens/s; speedups are ratios to the reference measured
+   in the same run.
+4. Quality: perplexity of the generated continuation under the AR judge (sliding window over
+   prompt + sample, only sample characters scored), and the unigram entropy of the sample's
+   characters (repetition lowers it). Both as ratios to the reference; the real continuation
+   of each prompt is scored too, for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common import RESULTS_DIR, command_line, date, machine, table, write_atomic
+from remask.config import ModelConfig, RunConfig, TrainConfig
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+BLOCK = 32
+CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("reference (LLaDA)", {}),
+    ("margin", {"remasking": "margin"}),
+    ("entropy", {"remasking": "entropy"}),
+    ("random", {"remasking": "random"}),
+    ("threshold 0.9", {"remasking": "threshold", "threshold": 0.9}),
+    ("prefix cache", {"cache": "prefix"}),
+    ("dual cache", {"cache": "dual"}),
+    ("prefix cache + threshold 0.9", {"cache": "prefix", "remasking": "threshold", "threshold": 0.9}),
+    ("dual cache + threshold 0.9", {"cache": "dual", "remasking": "threshold", "threshold": 0.9}),
+    # A small model is rarely 90% sure: lower thresholds show the speed/quality trade-off.
+    ("dual cache + threshold 0.7", {"cache": "dual", "remasking": "threshold", "threshold": 0.7}),
+    ("dual cache + threshold 0.5", {"cache": "dual", "remasking": "threshold", "threshold": 0.5}),
+    ("dual cache + threshold 0.3", {"cache": "dual", "remasking": "threshold", "threshold": 0.3}),
+]
+RULE_ONLY = {"margin", "entropy", "random"}  # same cost as the reference: skipped at 1024 unless --rules-at-1024
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ckpt", type=Path, help="a trained MDM checkpoint (skip training; needs max_seq_len >= prompt + gen)")
+    ap.add_argument("--judge", type=Path, help="a trained AR checkpoint on the same data (skip training)")
+    ap.add_argument("--data", type=Path, default=SHAKESPEARE, help="text to train on (default: tinyshakespeare, "
+                                                                    "else the built-in corpus)")
+    ap.add_argument("--train-seconds", type=float, default=150.0, help="training budget of each model")
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=8, help="training batch of each model")
+    ap.add_argument("--seq-len", type=int, default=256, help="training window of each model")
+    ap.add_argument("--train-only", action="store_true", help="train, keep the checkpoints in --work-dir, stop")
+    ap.add_argument("--gen-lengths", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--prompt-length", type=int, default=64)
+    ap.add_argument("--prompts", type=int, nargs="+", default=[3, 1], help="prompts per gen length (batch 1 each)")
+    ap.add_argument("--configs", nargs="+", default=None, help="only these configuration names (default: all)")
+    ap.add_argument("--rules-at-1024", action="store_true", help="also time margin/entropy/random at long lengths")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the forward (warm-up run not timed)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--work-dir", type=Path, default=None, help="keep runs here (default: a temp dir, removed)")
+    ap.add_argument("--results", type=Path, default=RESULTS_DIR / "sampling.md", help="'-': do not write")
+    ap.add_argument("--note", default="", help="a line added to the results header (e.g. 'GPU run')")
+    ap.add_argument("--worker", choices=["mdm", "ar"], help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- training (two processes)
+
+def run_config(args: argparse.Namespace, objective: str, max_steps: int, budget: float | None) -> RunConfig:
+    limit = args.prompt_length + max(args.gen_lengths) if objective == "mdm" else args.seq_len
+    model = ModelConfig(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, max_seq_len=limit,
+                        causal=objective == "ar")
+    train = TrainConfig(objective=objective, seed=args.seed, batch_size=args.batch_size, seq_len=args.seq_len,
+                        max_steps=max_steps, time_budget=budget, lr=3e-3, warmup_steps=30, eval_interval=0,
+                        eval_batches=4, eval_mc=1, ckpt_interval=0, log_interval=5, progress=False, samples=0,
+                        device=args.device, dtype="auto")
+    return RunConfig(model=model, train=train)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Train one model: a short calibration sizes the cosine schedule to the time budget."""
+    from remask.train.loop import train
+
+    torch.set_num_threads(args.threads)
+    work, obj = args.work_dir, args.worker
+    calib = run_config(args, obj, max_steps=10**6, budget=min(15.0, args.train_seconds / 4))
+    train(calib, work / obj / "calibrate", data=work / "data")
+    recs = [json.loads(ln) for ln in (work / obj / "calibrate" / "metrics.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "loss" in r]  # steady rate: after the first logging window's one-off costs
+    rate = (recs[-1]["step"] - recs[0]["step"]) / max(recs[-1]["elapsed"] - recs[0]["elapsed"], 1e-3)
+    max_steps = max(50, int(rate * args.train_seconds * 0.95))
+    shutil.rmtree(work / obj / "calibrate", ignore_errors=True)
+    res = train(run_config(args, obj, max_steps=max_steps, budget=args.train_seconds), work / obj / "run",
+                data=work / "data")
+    (work / obj / "result.json").write_text(json.dumps({**res.to_json(), "max_steps": max_steps,
+                                                        "seq_len": args.seq_len, "batch_size": args.batch_size}))
+
+
+def launch(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    procs = {}
+    for obj in ("mdm", "ar"):
+        log = (work / f"{obj}.log").open("w")
+        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--work-dir", str(work), "--worker", obj]
+        procs[obj] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    for obj, p in procs.items():
+        if p.wait() != 0:
+            raise SystemExit(f"{obj} training failed:\n" + (work / f"{obj}.log").read_text()[-3000:])
+    return {o: json.loads((work / o / "result.json").read_text()) for o in procs}
+
+
+# ----------------------------------------------------------------------------- quality
+
+@torch.inference_mode()
+def judge_nll(judge: torch.nn.Module, ids: list[int], first: int) -> tuple[float, int]:
+    """Sum of the AR judge's NLL (nats) over ids[first:], each token seeing up to a window of context."""
+    window = judge.cfg.max_seq_len
+    device = next(judge.parameters()).device
+    x = torch.tensor(ids, device=device)
+    total, count, pos = 0.0, 0, max(first, 1)
+    while pos < len(ids):
+        lo = max(0, pos - window // 2)  # at least half a window of context for every scored token
+        hi = min(len(ids), lo + window)
+        logp = judge(x[None, lo:hi]).float().log_softmax(-1)[0]  # (hi - lo, V)
+        tgt = x[pos:hi]
+        total -= float(logp[pos - lo - 1:hi - lo - 1].gather(-1, tgt[:, None]).sum())
+        count += hi - pos
+        pos = hi
+    return total, count
+
+
+def unigram_entropy(ids: list[int]) -> float:
+    """Bits per character of the sample's own character distribution."""
+    counts = Counter(ids)
+    n = sum(counts.values())
+    return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def prompts_from(val: Any, n: int, prompt_len: int, gen: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt, real continuation) pairs at evenly spaced offsets of the validation tokens."""
+    span = prompt_len + gen
+    starts = [int(i * (len(val) - span) / max(n, 1)) for i in range(n)]
+    return [(val.get(s, prompt_len).tolist(), val.get(s + prompt_len, gen).tolist()) for s in starts]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_setting(model: Any, judge: Any, tok: Any, pairs: list[tuple[list[int], list[int]]], gen: int,
+                overrides: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from remask.sampling import SampleConfig, generate
+
+    cfg = SampleConfig(gen_length=gen, steps=gen, block_length=BLOCK, temperature=0.0, early_stop=False,
+                       dtype=args.dtype, compile=args.compile, **overrides)
+    device = next(model.parameters()).device
+    if args.compile:  # compile (and warm up every shape) outside the timed region
+        generate(model, [pairs[0][0]], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id)
+    seconds, cpu, forwards, nll, count, ent, samples = 0.0, 0.0, 0, 0.0, 0, 0.0, []
+    for prompt, _ in pairs:
+        sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = generate(model, [prompt], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id)
+        sync(device)
+        seconds += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        forwards += out.n_forward
+        sample = out.tokens[0].tolist()
+        s, c = judge_nll(judge, prompt + sample, len(prompt))
+        nll, count, ent = nll + s, count + c, ent + unigram_entropy(sample)
+        samples.append(tok.decode(sample, skip_special_tokens=True))
+    # On a shared CPU, wall time swings with other processes' load; with one thread, CPU time of
+    # this process does not, so CPU speedups come from it (GPU: wall time after synchronising).
+    clock = cpu if device.type == "cpu" else seconds
+    return {"tok_s": len(pairs) * gen / clock, "wall_tok_s": len(pairs) * gen / seconds, "seconds": seconds,
+            "forwards": forwards / len(pairs),
+            "ppl": math.exp(nll / count), "entropy": ent / len(pairs), "sample": samples[0]}
+
+
+def benchmark(args: argparse.Namespace, model: Any, judge: Any, tok: Any, val: Any) -> dict[int, list[dict[str, Any]]]:
+    results: dict[int, list[dict[str, Any]]] = {}
+    counts = (args.prompts + [args.prompts[-1]] * len(args.gen_lengths))[:len(args.gen_lengths)]
+    for gen, n in zip(args.gen_lengths, counts):
+        pairs = prompts_from(val, n, args.prompt_length, gen)
+        real_nll = [judge_nll(judge, p + c, len(p)) for p, c in pairs]
+        real = {"ppl": math.exp(sum(s for s, _ in real_nll) / sum(c for _, c in real_nll)),
+                "entropy": sum(unigram_entropy(c) for _, c in pairs) / len(pairs)}
+        rows = []
+        for name, overrides in CONFIGS:
+            if args.configs and name not in args.configs and name != CONFIGS[0][0]:
+                continue
+            if name in RULE_ONLY and gen > 256 and not args.rules_at_1024:
+                continue
+            r = run_setting(model, judge, tok, pairs, gen, overrides, args)
+            rows.append({"name": name, **r})
+            print(f"gen {gen} {name:30s} {r['tok_s']:9.1f} tok/s ({r['wall_tok_s']:.1f} wall)  "
+                  f"{r['forwards']:7.1f} passes  "
+                  f"ppl {r['ppl']:6.2f}  H {r['entropy']:.3f}  ({r['seconds']:.1f}s)", flush=True)
+        results[gen] = [{"name": "real continuation (judge scale)", **real}, *rows]
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}" if b else "n/a"
+
+
+def report(args: argparse.Namespace, results: dict[int, list[dict[str, Any]]], info: dict[str, Any]) -> str:
+    sections = []
+    for gen, rows in results.items():
+        real, ref = rows[0], rows[1]
+        body = []
+        for r in rows[1:]:
+            body.append([r["name"], f"{r['tok_s']:,.1f}", f"{r['wall_tok_s']:,.1f}", f"{r['tok_s'] / ref['tok_s']:.2f}x",
+                         f"{r['forwards']:.0f}",
+                         f"{gen / r['forwards']:.2f}", f"{r['ppl']:.2f}", ratio(r["ppl"], ref["ppl"]),
+                         f"{r['entropy']:.3f}", ratio(r["entropy"], ref["entropy"])])
+        body.append([real["name"], "", "", "", "", "", f"{real['ppl']:.2f}", ratio(real["ppl"], ref["ppl"]),
+                     f"{real['entropy']:.3f}", ratio(real["entropy"], ref["entropy"])])
+        headers = ["setting", "tokens/s", "wall tokens/s", "speedup", "forward passes", "tokens/pass", "judge ppl", "ppl / ref",
+                   "unigram H (bits)", "H / ref"]
+        n = len(rows) - 1
+        fastest = max(rows[1:], key=lambda r: r["tok_s"])
+        samples = "\n\n".join(f"**{r['name']}**:\n\n```text\n{r['sample'][:300]}\n```" for r in rows[1:])
+        sections.append(f"## gen_length {gen}\n\n{table(headers, body)}\n\n"
+                        f"{n} settings; fastest: {fastest['name']}, {fastest['tok_s'] / ref['tok_s']:.2f}x the "
+                        f"reference at judge perplexity ratio {ratio(fastest['ppl'], ref['ppl'])}.\n\n"
+                        f"<details><summary>first sample of each setting (300 chars)</summary>\n\n{samples}\n\n"
+                        f"</details>")
+    return f"""# sampling
+
+Fast sampling (issue 5): the LLaDA reference setting (low_confidence, steps = gen_length, block
+{BLOCK}, no cache) against the other remasking rules, threshold parallel decoding, Fast-dLLM's
+prefix and dual K/V caches, and cache + threshold. {args.note}
+
+- command: `{command_line()}`
+- date: {date()}
+- machine: {machine()}, {args.threads} thread(s); device {args.device}, dtype {args.dtype}, compile {args.compile}
+- MDM: {info['mdm']}
+- AR judge: {info['judge']}
+- data: {info['data']}
+- decoding: one prompt at a time (batch 1) of {args.prompt_length} tokens from the validation split,
+  temperature 0, early exit off. tokens/s = generated tokens / seconds of `generate`: on CPU the
+  process's CPU seconds (one thread, so this is what an idle core gives; the shared machine's
+  load makes wall time swing, shown as "wall tokens/s"), on GPU wall seconds after
+  synchronising. speedup = tokens/s / the reference's, same run. Forward passes include the
+  cheap cached-window passes (a dual-cache pass runs 32 columns, not the whole canvas).
+- quality: judge ppl = exp(mean NLL per generated character) under the AR judge, each character
+  seeing at least half the judge's window of context; unigram H = entropy of each sample's
+  character histogram (bits), averaged. Ratios to the reference: the issue's goal is within 5%.
+  The last row scores the real text that follows each prompt, for scale.
+
+{chr(10).join(sections)}
+"""
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        worker(args)
+        return
+    torch.set_num_threads(args.threads)
+    from remask.data.prepare import prepare
+    from remask.data.shards import TokenData
+    from remask.data.tokenizer import ByteTokenizer
+    from remask.train.checkpoint import load_model
+
+    keep = args.work_dir is not None
+    if args.train_only and not keep:
+        raise SystemExit("--train-only needs --work-dir (where the checkpoints stay)")
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="remask-sampling-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.work_dir = work
+    try:
+        inputs = [args.data] if args.data.is_file() else None  # None: the built-in corpus
+        meta = prepare(inputs, work / "data", ByteTokenizer(), val_fraction=0.1)
+        data_line = (f"{args.data.name if inputs else 'built-in corpus'}, byte tokens, "
+                     f"{meta['splits']['train']['tokens']:,} train / {meta['splits']['val']['tokens']:,} val")
+        trained: dict[str, dict[str, Any]] = {}
+        if args.ckpt is None or args.judge is None:
+            t0 = time.perf_counter()
+            trained = launch(args, work)
+            print(f"trained both models in {time.perf_counter() - t0:.0f}s: " + ", ".join(
+                f"{o} {r['step']} steps val {r['val_loss']:.3f}" for o, r in trained.items()), flush=True)
+            if args.train_only:
+                print(f"checkpoints: {work / 'mdm' / 'run'} and {work / 'ar' / 'run'}")
+                return
+        model, tok = load_model(args.ckpt or work / "mdm" / "run", args.device)
+        judge, _ = load_model(args.judge or work / "ar" / "run", args.device)
+        need = args.prompt_length + max(args.gen_lengths)
+        trained = trained or {o: json.loads(f.read_text()) for o, f in
+                              (("mdm", args.ckpt.parent / "result.json"), ("ar", args.judge.parent / "result.json"))
+                              if f.is_file()}
+        if model.cfg.max_seq_len < need:
+            raise SystemExit(f"--ckpt has max_seq_len {model.cfg.max_seq_len} < prompt + gen = {need}")
+
+        def describe(m: Any, r: dict[str, Any] | None) -> str:
+            c = m.cfg
+            s = (f"d_model {c.d_model}, {c.n_layer} layers, {c.n_head} heads, max_seq_len {c.max_seq_len}, "
+                 f"{m.num_params():,} parameters")
+            return s + (f"; trained {r['step']} steps in {r['elapsed_s']:.0f}s on {r.get('seq_len', '?')}-token "
+                        f"windows, val loss {r['val_loss']:.3f} nats/char" if r else "; given checkpoint")
+
+        info = {"mdm": describe(model, trained.get("mdm")), "judge": describe(judge, trained.get("ar")),
+                "data": data_line}
+        results = benchmark(args, model, judge, tok, TokenData(work / "data", "val"))
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    text = report(args, results, info)
+    print(text)
+    if str(args.results) != "-":
+        write_atomic(args.results, text)
+        print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Which columns a denoising step recomputes: no cache, a prefix cache, or a dual cache.
+
+A masked diffusion model attends in both directions, so every commit changes the keys and
+values of every position and there is no exact KV cache. Within one block of the
+semi-autoregressive loop (LLaDA, Algorithm 5) they change little outside the block, which is
+what the approximate caches of Fast-dLLM (Wu et al. 2025, section 3.2) exploit:
+
+* ``none``: the whole canvas, every step (exact; LLaDA).
+* ``prefix``: a block's first step runs the whole canvas and stores every column's keys and
+  values; its later steps run only columns start..L-1 (the block and the masked suffix)
+  against the stored prompt and finished blocks.
+* ``dual``: the later steps run only the block itself, against the stored prefix *and* suffix.
+
+The first step of every block is a full forward pass in every mode, so it is exact; the
+stored entries are refreshed there. Classifier-free guidance runs the doubled batch
+[conditional; unconditional] through one cache. bf16 autocast wraps the forward only; the
+sampler's arithmetic stays in float32/float64.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from remask.errors import RemaskError
+
+CACHE_MODES = ("none", "prefix", "dual")
+DTYPES = ("auto", "float32", "bfloat16")
+
+_COMPILED: weakref.WeakKeyDictionary[Any, Callable[..., Tensor]] = weakref.WeakKeyDictionary()
+
+
+def compiled(model: Any) -> Callable[..., Tensor]:
+    """``torch.compile(model)``, once per model object (later calls reuse the compiled graphs).
+
+    The forward is the step's cost; the sampler's selection is a handful of small tensor ops
+    without host synchronisation, so compiling the model is what pays off.
+    """
+    fn = _COMPILED.get(model)
+    if fn is None:
+        fn = _COMPILED[model] = torch.compile(model, dynamic=None)
+    return fn
+
+
+def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the forward pass, or None for plain float32. auto: bf16 on CUDA only."""
+    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def guided_logits(model: Callable[..., Tensor], x: Tensor, attn_mask: Tensor | None, prompt_mask: Tensor,
+                  mask_id: int, cfg_scale: float, **cached: Any) -> Tensor:
+    """One forward pass -> (B, W, V) float32 logits, with classifier-free guidance when cfg_scale > 0.
+
+    The unconditional input masks every prompt position (padding stays padding, so it stays
+    hidden by ``attn_mask``); both halves go through the model as one doubled batch, and
+    logits = u + (w + 1)(c - u) (LLaDA, Appendix B.3). ``cached`` (cache=, start=) is passed on
+    to the model: x and prompt_mask are then a window, attn_mask covers the whole sequence.
+    """
+    if cfg_scale <= 0:
+        return _call(model, x, attn_mask, cached).float()
+    uncond = torch.where(prompt_mask, mask_id, x)  # (B, W)
+    both = torch.cat([x, uncond])  # (2B, W)
+    mask2 = None if attn_mask is None else torch.cat([attn_mask, attn_mask])
+    cond_logits, uncond_logits = _call(model, both, mask2, cached).float().chunk(2)  # 2 x (B, W, V)
+    return uncond_logits + (cfg_scale + 1) * (cond_logits - uncond_logits)
+
+
+def _call(model: Callable[..., Tensor], x: Tensor, attn_mask: Tensor | None, cached: dict[str, Any]) -> Tensor:
+    # Plain callables (test doubles) may take no attn_mask: only pass what is there.
+    return model(x, **cached) if attn_mask is None else model(x, attn_mask=attn_mask, **cached)
+
+
+class BlockForward:
+    """One denoising forward pass -> (logits (B, W, V) float32 for columns offset..offset+W-1, offset).
+
+    The returned columns always cover the current block; a block's first step (and every step
+    without a cache) covers the whole canvas.
+    """
+
+    def __init__(self, model: Callable[..., Tensor], mode: str, *, attn_mask: Tensor | None, prompt_mask: Tensor,
+                 mask_id: int, cfg_scale: float, dtype: str = "auto", compile: bool = False,
+                 device: torch.device | None = None) -> None:
+        if mode not in CACHE_MODES:
+            raise RemaskError(f"--cache {mode!r} is not a cache mode; choose one of: {', '.join(CACHE_MODES)}")
+        if mode != "none" and not callable(getattr(model, "new_cache", None)):
+            raise RemaskError(f"--cache {mode} needs a remask Transformer (a model with new_cache); use --cache none")
+        self.model, self.mode = model, mode
+        self.run = compiled(model) if compile else model
+        self.cfg_scale, self.mask_id, self.prompt_mask, self.attn = cfg_scale, mask_id, prompt_mask, attn_mask
+        device = device if device is not None else prompt_mask.device
+        amp = autocast_dtype(dtype, device)
+        self.autocast = (torch.autocast(device_type=device.type, dtype=amp) if amp is not None
+                         else nullcontext())
+        self.cache: Any = None
+
+    def __call__(self, x: Tensor, start: int, end: int, first: bool) -> tuple[Tensor, int]:
+        L = x.shape[1]  # x: (B, L) the whole canvas
+        cached: dict[str, Any] = {}
+        lo, hi = 0, L  # no cache, or a block's first step: the whole canvas
+        if self.mode != "none":
+            if self.cache is None:  # one cache for the run (the doubled batch under CFG)
+                self.cache = self.model.new_cache(L)  # type: ignore[attr-defined]
+            if not first:  # later steps: the block (dual) or the block and everything after it (prefix)
+                lo, hi = start, (L if self.mode == "prefix" else end)
+            cached = {"cache": self.cache, "start": lo}
+        with self.autocast:
+            logits = guided_logits(self.run, x[:, lo:hi], self.attn, self.prompt_mask[:, lo:hi], self.mask_id,
+                                   self.cfg_scale, **cached)
+        return logits, lo  # (B, hi - lo, V) float32
