@@ -23,10 +23,7 @@ import argparse
 import json
 import math
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,12 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import RESULTS_DIR, command_line, date, machine, table, write_atomic
+from common import add_model_args, add_worker_args, barrier, provenance, publish, run_workers, table, work_dir
 from remask.config import ModelConfig, RunConfig, TrainConfig
 from remask.objectives import Batch
 from remask.rng import DATA, keyed_generator
 
-KINDS = ("mdm", "ar")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
@@ -47,18 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", default="100,300,800", help="optimizer steps of the three budgets")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a text file (default: tinyshakespeare)")
-    ap.add_argument("--d-model", type=int, default=128)
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--n-head", type=int, default=4)
+    add_model_args(ap, d_model=128, n_layer=4, n_head=4)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--val-chars", type=int, default=8192, help="held-out characters scored")
     ap.add_argument("--mc-num", type=int, default=16, help="MDM: Monte Carlo samples per window")
     ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument("--work-dir", type=Path, default=None, help="keep runs here (default: a temp dir, removed)")
-    ap.add_argument("--results", type=Path, default=RESULTS_DIR / "ar_vs_mdm.md", help="'-': do not write")
-    ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+    add_worker_args(ap, "ar_vs_mdm")
     return ap.parse_args(argv)
 
 
@@ -113,9 +105,7 @@ def worker(args: argparse.Namespace) -> None:
     ids = tok.encode_array(text)
     source = TextWindows(ids[:cut], ids[cut:], args.seq_len, args.seed, len(text.encode()) / len(ids))
     val_text = text[cut:cut + args.val_chars]
-    (work / f"start.{kind}").touch()  # both start together, so both see the same machine load
-    while not all((work / f"start.{k}").exists() for k in KINDS):
-        time.sleep(0.05)
+    barrier(work, "start", kind)  # both start together, so both see the same machine load
     records = []
     for steps in map(int, args.budgets.split(",")):
         model_cfg = ModelConfig(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
@@ -135,20 +125,6 @@ def worker(args: argparse.Namespace) -> None:
                         "eval_s": time.perf_counter() - t0, "params": model.num_params(), "bpb_se": bpb_se, **ppl})
         print(json.dumps(records[-1]), flush=True)
     (work / f"{kind}.json").write_text(json.dumps(records, indent=2))
-
-
-def launch(args: argparse.Namespace, work: Path) -> dict[str, list[dict[str, Any]]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for kind in KINDS:
-        (work / f"start.{kind}").unlink(missing_ok=True)
-    procs = {}
-    for kind in KINDS:
-        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--work-dir", str(work), "--worker", kind]
-        procs[kind] = subprocess.Popen(cmd, stdout=(work / f"{kind}.log").open("w"), stderr=subprocess.STDOUT, env=env)
-    for kind, p in procs.items():
-        if p.wait() != 0:
-            raise SystemExit(f"the {kind} worker failed:\n" + (work / f"{kind}.log").read_text()[-4000:])
-    return {k: json.loads((work / f"{k}.json").read_text()) for k in KINDS}
 
 
 def plot(res: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -200,11 +176,7 @@ time in two processes with one thread each. MDM: LLaDA's l-form ELBO with {args.
 window (an upper bound on its NLL); AR: exact. The ratio column divides the MDM bound by the AR NLL of the same
 budget (lower is better for both; > 1 means the AR model is ahead).
 
-Command: `{command_line()}`
-Date: {date()}
-Machine: {machine()} (shared with other jobs; wall times vary, step counts do not)
-Total wall time: {total_s:.0f} s
-"""
+{provenance(total_s)}"""
 
 
 def main() -> None:
@@ -216,21 +188,12 @@ def main() -> None:
     if len(budgets) < 1 or any(b <= 0 for b in budgets):
         raise SystemExit(f"--budgets {args.budgets!r}: give positive step counts, e.g. 100,300,800")
     t0 = time.perf_counter()
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="remask-ar-vs-mdm-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        res = launch(args, work)
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir(args.work_dir, "remask-ar-vs-mdm-") as work:
+        res = run_workers(__file__, work, [*sys.argv[1:], "--work-dir", str(work)])
     _, corpus = load_text(args.data)
-    out_md = None if str(args.results) == "-" else args.results
-    png_path = (out_md.with_suffix(".png") if out_md else work.with_suffix(".png"))
+    png_path = (work if str(args.results) == "-" else args.results).with_suffix(".png")
     plot(res, png_path)
-    text = report(args, res, corpus, time.perf_counter() - t0, png_path.name)
-    print(text)
-    if out_md is not None:
-        write_atomic(out_md, text)
+    publish(report(args, res, corpus, time.perf_counter() - t0, png_path.name), args.results)
 
 
 if __name__ == "__main__":

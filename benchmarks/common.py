@@ -1,4 +1,5 @@
-"""Small helpers shared by the benchmark scripts: machine description, tables, atomic writes.
+"""Small helpers shared by the benchmark scripts: machine description, tables, result files, and
+running the MDM and AR workers of a comparison at the same time.
 
 Benchmarks are run as scripts (``python benchmarks/NAME.py``), so this module is imported as
 ``common`` from the script's own directory.
@@ -6,19 +7,28 @@ Benchmarks are run as scripts (``python benchmarks/NAME.py``), so this module is
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from remask.fileio import write_text_atomic
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+KINDS = ("mdm", "ar")  # the two workers of an MDM-vs-AR comparison
+BARRIERS = ".barriers"  # under the work dir: one file per worker that reached a named point
 
 
 def machine() -> str:
@@ -33,8 +43,6 @@ def date() -> str:
     try:
         return subprocess.run(["date"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        import time
-
         return time.strftime("%a %b %d %H:%M:%S %Z %Y")
 
 
@@ -46,6 +54,14 @@ def command_line() -> str:
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
+def provenance(total_s: float) -> str:
+    """The closing lines of a report: command, date, machine and wall time."""
+    return (f"Command: `{command_line()}`\n"
+            f"Date: {date()}\n"
+            f"Machine: {machine()} (shared with other jobs; wall times vary, step counts do not)\n"
+            f"Total wall time: {total_s:.0f} s\n")
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table (also readable as plain text on a terminal)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
@@ -55,15 +71,110 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and os.replace."""
+    """``remask.fileio.write_text_atomic``, creating the parent directory first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
     return path
+
+
+def publish(text: str, results: Path) -> None:
+    """Print the report and write it to ``results`` ('-': print only)."""
+    print(text)
+    if str(results) != "-":
+        write_atomic(results, text)
+        print(f"wrote {results}")
+
+
+# ----------------------------------------------------------------------------- flags
+
+def add_model_args(ap: argparse.ArgumentParser, *, d_model: int = 128, n_layer: int = 4, n_head: int = 4) -> None:
+    """--d-model, --n-layer, --n-head: the backbone both objectives share."""
+    ap.add_argument("--d-model", type=int, default=d_model)
+    ap.add_argument("--n-layer", type=int, default=n_layer)
+    ap.add_argument("--n-head", type=int, default=n_head)
+
+
+def add_worker_args(ap: argparse.ArgumentParser, name: str) -> None:
+    """--work-dir, --results (default results/NAME.md) and the hidden --worker of ``run_workers``."""
+    ap.add_argument("--work-dir", type=Path, default=None, help="keep runs here (default: a temp dir, removed)")
+    ap.add_argument("--results", type=Path, default=RESULTS_DIR / f"{name}.md",
+                    help="Markdown results file to write ('-': do not write)")
+    ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+
+
+# ----------------------------------------------------------------------------- two workers at once
+
+@contextlib.contextmanager
+def work_dir(given: Path | None, prefix: str) -> Iterator[Path]:
+    """``given`` (created if needed, kept), or a fresh temporary directory removed on exit."""
+    work = given or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if given is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def barrier(work: Path, name: str, me: str, kinds: Sequence[str] = KINDS, timeout: float = 900.0) -> None:
+    """Wait until every worker reaches ``name``, so their timed phases overlap and see the same load."""
+    marks = work / BARRIERS
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / f"{name}.{me}").touch()
+    deadline = time.monotonic() + timeout
+    while not all((marks / f"{name}.{k}").exists() for k in kinds):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{me}: the other worker never reached '{name}'")
+        time.sleep(0.05)
+
+
+def run_workers(script: str | Path, work: Path, argv: Sequence[str], *, kinds: Sequence[str] = KINDS,
+                threads: int = 1, logs: bool = True, result: str = "{kind}.json",
+                progress: Callable[[str], str] | None = None, every: float = 30.0) -> dict[str, Any]:
+    """Run ``python SCRIPT *argv --worker KIND`` for every kind AT THE SAME TIME, and read their results.
+
+    Both processes share the machine, so whatever else runs on it slows both alike. ``threads``
+    sets OMP/MKL threads of each; ``logs`` sends each worker's output to ``work/KIND.log`` (else
+    to this terminal); ``progress(kind)``, when given, is printed for every worker each ``every``
+    seconds. Returns ``{kind: parsed JSON of work/result}`` (``result`` is formatted with the kind).
+    A failed worker stops the others and ends the benchmark with its exit code and the end of its log.
+    ``argv`` may repeat this script's own flags (``sys.argv[1:]``): argparse keeps the last value given.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    shutil.rmtree(work / BARRIERS, ignore_errors=True)  # marks left by an earlier run in a kept --work-dir
+    with contextlib.ExitStack() as stack:
+        procs = {}
+        for kind in kinds:
+            out = stack.enter_context((work / f"{kind}.log").open("w")) if logs else None
+            cmd = [sys.executable, str(Path(script).resolve()), *argv, "--worker", kind]
+            procs[kind] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if logs else None, env=env)
+        t0 = next_print = time.monotonic()
+        failed: list[str] = []
+        while not failed and any(p.poll() is None for p in procs.values()):
+            time.sleep(1.0 if progress is not None else 0.2)
+            failed = [k for k, p in procs.items() if p.poll() not in (None, 0)]
+            if progress is not None and time.monotonic() >= next_print:
+                next_print += every
+                print(f"[{time.monotonic() - t0:5.0f}s] " + "; ".join(f"{k}: {progress(k)}" for k in kinds),
+                      flush=True)
+        for p in procs.values():  # one failed: the other would wait for it at a barrier
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+        if not failed:  # all ended; the last may have failed after the check in the loop
+            failed = [k for k, p in procs.items() if p.returncode != 0]
+    if failed:
+        raise SystemExit("\n".join(
+            f"--- the {k} worker failed (exit {procs[k].returncode})"
+            + (":\n" + (work / f"{k}.log").read_text()[-4000:] if logs else "") for k in failed))
+    return {k: json.loads((work / result.format(kind=k)).read_text()) for k in kinds}
+
+
+def steady_rate(metrics: Path, steps: int, elapsed: float) -> float:
+    """Optimizer steps per second from a run's ``metrics.jsonl``, after the first logging window's one-off
+    costs (compilation, allocation); ``steps / elapsed`` when it holds fewer than two training records."""
+    recs = [r for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+    if len(recs) < 2:
+        return steps / max(elapsed, 1e-3)
+    return (recs[-1]["step"] - recs[0]["step"]) / max(recs[-1]["elapsed"] - recs[0]["elapsed"], 1e-3)

@@ -40,10 +40,7 @@ import ast
 import csv
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from fractions import Fraction
@@ -51,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS_DIR, command_line, date, machine, table, write_atomic
+from common import RESULTS_DIR, command_line, date, machine, run_workers, table, write_atomic
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sudoku_countdown"
 TEMPLATE = ("{% for m in messages %}{{ m['content'] }}"
@@ -325,13 +322,8 @@ def main() -> None:
         work = Path(tmp)
         for name, rows in data.items():
             (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        base = [sys.executable, __file__, "--work", str(work), "--steps", json.dumps(steps)]
-        procs = {k: subprocess.Popen([*base, "--worker", k], env=env) for k in ("mdm", "ar")}  # same time, same load
-        for k, p in procs.items():
-            if p.wait() != 0:
-                raise SystemExit(f"the {k} worker failed (exit {p.returncode})")
-        res = {k: json.loads((work / f"{k}.json").read_text()) for k in procs}
+        # Both workers at once, on the same load; their progress lines go to this terminal.
+        res = run_workers(__file__, work, ["--work", str(work), "--steps", json.dumps(steps)], logs=False)
     wall = time.perf_counter() - t_start
 
     how = {"sudoku": "puzzle -> solution; MDM generates, AR greedy",

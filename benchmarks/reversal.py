@@ -27,25 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common import RESULTS_DIR, command_line, date, machine, table, write_atomic
+from common import add_model_args, add_worker_args, barrier, provenance, publish, run_workers, table, work_dir
 from remask.config import ModelConfig, RunConfig, TrainConfig
 from remask.objectives import Batch
 from remask.rng import DATA, keyed_generator
 
-KINDS = ("mdm", "ar")
 SYLLABLES = ["ka", "lo", "mi", "ra", "ve", "do", "sa", "thi", "be", "nu", "za", "ne", "ro", "fi", "ma", "te", "gu",
              "shi", "bo", "la", "ki", "pe", "su", "vo"]
 ADJ = ["silent", "amber", "hollow", "crimson", "gentle", "iron", "velvet", "distant", "golden", "frozen", "hidden",
@@ -59,14 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--persons", type=int, default=30, help="fictitious people (facts to learn)")
     ap.add_argument("--steps", type=int, default=2000, help="optimizer steps for each model (equal compute)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--d-model", type=int, default=96)
-    ap.add_argument("--n-layer", type=int, default=3)
-    ap.add_argument("--n-head", type=int, default=4)
+    add_model_args(ap, d_model=96, n_layer=3, n_head=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work-dir", type=Path, default=None, help="keep runs here (default: a temp dir, removed)")
-    ap.add_argument("--results", type=Path, default=RESULTS_DIR / "reversal.md", help="'-': do not write")
-    ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+    add_worker_args(ap, "reversal")
     return ap.parse_args(argv)
 
 
@@ -189,9 +179,7 @@ def worker(args: argparse.Namespace) -> None:
                             max_steps=args.steps, lr=args.lr, warmup_steps=50, eval_interval=0, eval_batches=1,
                             eval_mc=2, ckpt_interval=0, log_interval=50, progress=False, samples=0, device="cpu",
                             dtype="float32")
-    (work / f"start.{kind}").touch()  # both start together, so both see the same machine load
-    while not all((work / f"start.{k}").exists() for k in KINDS):
-        time.sleep(0.05)
+    barrier(work, "start", kind)  # both start together, so both see the same machine load
     t0 = time.perf_counter()
     res = train(RunConfig(model=model_cfg, train=train_cfg), work / kind, tokenizer=tok,
                 source=Facts(encode_rows(tok, texts, seq_len), args.seed))
@@ -218,20 +206,6 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- both, and the report
-
-def launch(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = {}
-    for kind in KINDS:
-        (work / f"start.{kind}").unlink(missing_ok=True)
-    for kind in KINDS:
-        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--work-dir", str(work), "--worker", kind]
-        procs[kind] = subprocess.Popen(cmd, stdout=(work / f"{kind}.log").open("w"), stderr=subprocess.STDOUT, env=env)
-    for kind, p in procs.items():
-        if p.wait() != 0:
-            raise SystemExit(f"the {kind} worker failed:\n" + (work / f"{kind}.log").read_text()[-4000:])
-    return {k: json.loads((work / f"{k}.json").read_text()) for k in KINDS}
-
 
 def report(args: argparse.Namespace, res: dict[str, dict[str, Any]], people: list[tuple[str, str]],
            total_s: float) -> str:
@@ -269,11 +243,7 @@ Examples (first three people): MDM forward {mdm['examples']['forward']}, reverse
 {mdm['examples']['reverse_fill']}, reverse prompt {mdm['examples']['reverse_prompt']}; AR forward
 {ar['examples']['forward']}, reverse prompt {ar['examples']['reverse_prompt']}.
 
-Command: `{command_line()}`
-Date: {date()}
-Machine: {machine()} (shared with other jobs; wall times vary, step counts do not)
-Total wall time: {total_s:.0f} s
-"""
+{provenance(total_s)}"""
 
 
 def main() -> None:
@@ -282,17 +252,9 @@ def main() -> None:
         worker(args)
         return
     t0 = time.perf_counter()
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="remask-reversal-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        res = launch(args, work)
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    text = report(args, res, make_people(args.persons, args.seed), time.perf_counter() - t0)
-    print(text)
-    if str(args.results) != "-":
-        write_atomic(args.results, text)
+    with work_dir(args.work_dir, "remask-reversal-") as work:
+        res = run_workers(__file__, work, [*sys.argv[1:], "--work-dir", str(work)])
+    publish(report(args, res, make_people(args.persons, args.seed), time.perf_counter() - t0), args.results)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,7 +37,18 @@ from typing import Any
 
 import torch
 
-from common import RESULTS_DIR, command_line, date, machine, table, write_atomic
+from common import (
+    add_model_args,
+    add_worker_args,
+    command_line,
+    date,
+    machine,
+    publish,
+    run_workers,
+    steady_rate,
+    table,
+    work_dir,
+)
 from remask.config import ModelConfig, RunConfig, TrainConfig
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -70,9 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=SHAKESPEARE, help="text to train on (default: tinyshakespeare, "
                                                                     "else the built-in corpus)")
     ap.add_argument("--train-seconds", type=float, default=150.0, help="training budget of each model")
-    ap.add_argument("--d-model", type=int, default=128)
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--n-head", type=int, default=4)
+    add_model_args(ap, d_model=128, n_layer=4, n_head=4)
     ap.add_argument("--batch-size", type=int, default=8, help="training batch of each model")
     ap.add_argument("--seq-len", type=int, default=256, help="training window of each model")
     ap.add_argument("--train-only", action="store_true", help="train, keep the checkpoints in --work-dir, stop")
@@ -86,10 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward (warm-up run not timed)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument("--work-dir", type=Path, default=None, help="keep runs here (default: a temp dir, removed)")
-    ap.add_argument("--results", type=Path, default=RESULTS_DIR / "sampling.md", help="'-': do not write")
     ap.add_argument("--note", default="", help="a line added to the results header (e.g. 'GPU run')")
-    ap.add_argument("--worker", choices=["mdm", "ar"], help=argparse.SUPPRESS)
+    add_worker_args(ap, "sampling")
     return ap.parse_args(argv)
 
 
@@ -113,29 +117,14 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     work, obj = args.work_dir, args.worker
     calib = run_config(args, obj, max_steps=10**6, budget=min(15.0, args.train_seconds / 4))
-    train(calib, work / obj / "calibrate", data=work / "data")
-    recs = [json.loads(ln) for ln in (work / obj / "calibrate" / "metrics.jsonl").read_text().splitlines()]
-    recs = [r for r in recs if "loss" in r]  # steady rate: after the first logging window's one-off costs
-    rate = (recs[-1]["step"] - recs[0]["step"]) / max(recs[-1]["elapsed"] - recs[0]["elapsed"], 1e-3)
+    c = train(calib, work / obj / "calibrate", data=work / "data")
+    rate = steady_rate(work / obj / "calibrate" / "metrics.jsonl", c.step, c.elapsed)
     max_steps = max(50, int(rate * args.train_seconds * 0.95))
     shutil.rmtree(work / obj / "calibrate", ignore_errors=True)
     res = train(run_config(args, obj, max_steps=max_steps, budget=args.train_seconds), work / obj / "run",
                 data=work / "data")
     (work / obj / "result.json").write_text(json.dumps({**res.to_json(), "max_steps": max_steps,
                                                         "seq_len": args.seq_len, "batch_size": args.batch_size}))
-
-
-def launch(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    procs = {}
-    for obj in ("mdm", "ar"):
-        log = (work / f"{obj}.log").open("w")
-        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--work-dir", str(work), "--worker", obj]
-        procs[obj] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    for obj, p in procs.items():
-        if p.wait() != 0:
-            raise SystemExit(f"{obj} training failed:\n" + (work / f"{obj}.log").read_text()[-3000:])
-    return {o: json.loads((work / o / "result.json").read_text()) for o in procs}
 
 
 # ----------------------------------------------------------------------------- quality
@@ -298,13 +287,9 @@ def main() -> None:
     from remask.data.tokenizer import ByteTokenizer
     from remask.train.checkpoint import load_model
 
-    keep = args.work_dir is not None
-    if args.train_only and not keep:
+    if args.train_only and args.work_dir is None:
         raise SystemExit("--train-only needs --work-dir (where the checkpoints stay)")
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="remask-sampling-"))
-    work.mkdir(parents=True, exist_ok=True)
-    args.work_dir = work
-    try:
+    with work_dir(args.work_dir, "remask-sampling-") as work:
         inputs = [args.data] if args.data.is_file() else None  # None: the built-in corpus
         meta = prepare(inputs, work / "data", ByteTokenizer(), val_fraction=0.1)
         data_line = (f"{args.data.name if inputs else 'built-in corpus'}, byte tokens, "
@@ -312,7 +297,8 @@ def main() -> None:
         trained: dict[str, dict[str, Any]] = {}
         if args.ckpt is None or args.judge is None:
             t0 = time.perf_counter()
-            trained = launch(args, work)
+            trained = run_workers(__file__, work, [*sys.argv[1:], "--work-dir", str(work)], threads=args.threads,
+                                  result="{kind}/result.json")
             print(f"trained both models in {time.perf_counter() - t0:.0f}s: " + ", ".join(
                 f"{o} {r['step']} steps val {r['val_loss']:.3f}" for o, r in trained.items()), flush=True)
             if args.train_only:
@@ -337,14 +323,7 @@ def main() -> None:
         info = {"mdm": describe(model, trained.get("mdm")), "judge": describe(judge, trained.get("ar")),
                 "data": data_line}
         results = benchmark(args, model, judge, tok, TokenData(work / "data", "val"))
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-    text = report(args, results, info)
-    print(text)
-    if str(args.results) != "-":
-        write_atomic(args.results, text)
-        print(f"wrote {args.results}")
+    publish(report(args, results, info), args.results)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,11 +36,22 @@ from typing import Any
 
 import torch
 
-from common import RESULTS_DIR, command_line, date, machine, table, write_atomic
+from common import (
+    add_model_args,
+    add_worker_args,
+    barrier,
+    command_line,
+    date,
+    machine,
+    publish,
+    run_workers,
+    steady_rate,
+    table,
+    work_dir,
+)
 from remask.config import ModelConfig, RunConfig, TrainConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
-OBJECTIVES = ("mdm", "ar")
 PROMPT = "JULIET:\n"
 
 
@@ -50,9 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="training time budget of each model")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="tinyshakespeare input.txt")
-    ap.add_argument("--d-model", type=int, default=128)
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--n-head", type=int, default=4)
+    add_model_args(ap, d_model=128, n_layer=4, n_head=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=TrainConfig().lr, help="peak LR (same for both)")
@@ -62,10 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-batches", type=int, default=32, help="final validation batches (of --batch-size windows)")
     ap.add_argument("--eval-mc", type=int, default=4, help="mask draws per window for the MDM's ELBO")
     ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument("--work-dir", type=Path, default=None, help="keep runs here (default: a temp dir, removed)")
-    ap.add_argument("--results", type=Path, default=RESULTS_DIR / "shakespeare_mdm_vs_ar.md",
-                    help="Markdown results file to write ('-': do not write)")
-    ap.add_argument("--worker", choices=OBJECTIVES, help=argparse.SUPPRESS)
+    add_worker_args(ap, "shakespeare_mdm_vs_ar")
     return ap.parse_args(argv)
 
 
@@ -77,16 +81,6 @@ def run_config(args: argparse.Namespace, objective: str, max_steps: int, budget:
                         eval_interval=0, eval_batches=args.eval_batches, eval_mc=args.eval_mc, ckpt_interval=0,
                         log_interval=25, progress=False, samples=3, device="cpu", dtype="float32")
     return RunConfig(model=model, train=train)
-
-
-def barrier(work: Path, name: str, me: str, timeout: float = 900.0) -> None:
-    """Wait until both workers reach ``name``, so their timed phases overlap."""
-    (work / f"{name}.{me}").touch()
-    deadline = time.monotonic() + timeout
-    while not all((work / f"{name}.{o}").exists() for o in OBJECTIVES):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{me}: the other worker never reached '{name}'")
-        time.sleep(0.05)
 
 
 @torch.no_grad()
@@ -123,14 +117,6 @@ def prompted_sample(model: torch.nn.Module, tok: Any, objective: str, gen: int) 
         sc = SampleConfig(gen_length=gen, steps=gen, block_length=gen // 4, temperature=0.8, seed=0)
         out = generate(model, [prompt], sc, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id)
     return PROMPT + tok.decode(out.tokens[0].tolist(), skip_special_tokens=True)
-
-
-def steady_rate(metrics: Path, steps: int, elapsed: float) -> float:
-    """Steps per second after the first metrics window (the first steps pay one-off costs)."""
-    recs = [r for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
-    if len(recs) < 2:
-        return steps / elapsed
-    return (recs[-1]["step"] - recs[0]["step"]) / (recs[-1]["elapsed"] - recs[0]["elapsed"])
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -180,26 +166,10 @@ def last_metrics(path: Path) -> str:
 
 
 def launch(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
-    """Start both workers at once, report progress, and collect their result.json."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    procs = {}
-    for obj in OBJECTIVES:
-        log = (work / f"{obj}.log").open("w")
-        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--work-dir", str(work), "--worker", obj]
-        procs[obj] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    t0 = next_print = time.monotonic()
-    while any(p.poll() is None for p in procs.values()):
-        time.sleep(1.0)
-        if time.monotonic() >= next_print:  # the last --work-dir / --worker given win in argparse
-            next_print += 30.0
-            print(f"[{time.monotonic() - t0:5.0f}s] " + "; ".join(
-                f"{o}: {last_metrics(work / o / 'run' / 'metrics.jsonl')}" for o in OBJECTIVES), flush=True)
-    failed = [o for o, p in procs.items() if p.returncode != 0]
-    if failed:
-        for o in failed:
-            print(f"--- {o} worker failed (exit {procs[o].returncode}):\n" + (work / f"{o}.log").read_text()[-4000:])
-        raise SystemExit(1)
-    return {o: json.loads((work / o / "result.json").read_text()) for o in OBJECTIVES}
+    """Start both workers at once, report progress every 30 s, and collect their result.json."""
+    return run_workers(__file__, work, [*sys.argv[1:], "--work-dir", str(work)], threads=args.threads,
+                       result="{kind}/result.json",
+                       progress=lambda kind: last_metrics(work / kind / "run" / "metrics.jsonl"))
 
 
 def report(args: argparse.Namespace, res: dict[str, dict[str, Any]], data_meta: dict[str, Any]) -> str:
@@ -263,23 +233,12 @@ def main() -> None:
     from remask.data.prepare import prepare
     from remask.data.tokenizer import ByteTokenizer
 
-    keep = args.work_dir is not None
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="remask-shakespeare-"))
-    work.mkdir(parents=True, exist_ok=True)
-    args.work_dir = work
-    try:
+    with work_dir(args.work_dir, "remask-shakespeare-") as work:
         meta = prepare([args.data], work / "data", ByteTokenizer(), val_fraction=0.1)
         load0 = os.getloadavg()[0]
         res = launch(args, work)
         meta["load"] = (load0, os.getloadavg()[0])
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-    text = report(args, res, meta)
-    print(text)
-    if str(args.results) != "-":
-        write_atomic(args.results, text)
-        print(f"wrote {args.results}")
+    publish(report(args, res, meta), args.results)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,28 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                                metavar="V", help=f"{text} [{default}]")
 
 
+# The short flags of every training command and the config fields they set (train adds --objective).
+RUN_SHORTCUTS = {"time_budget": "train.time_budget", "max_steps": "train.max_steps", "seed": "train.seed",
+                 "batch_size": "train.batch_size", "seq_len": "train.seq_len", "device": "train.device"}
+
+
+def add_run_args(p: argparse.ArgumentParser, *, seq_len_help: str | None = None) -> None:
+    """The flags every training command (train, sft) shares: --resume, the ``RUN_SHORTCUTS`` flags,
+    --json, then the config flags of ``add_config_args``."""
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--time-budget", type=float, help="stop after this many seconds")
+    p.add_argument("--max-steps", type=int, help="optimizer steps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch in sequences")
+    p.add_argument("--seq-len", type=int, help=seq_len_help)
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
+    add_config_args(p)
+
+
 def resolve_config(args: argparse.Namespace, shortcuts: dict[str, str]) -> RunConfig:
-    """Preset, then --config file, then --section.field flags, then the short flags."""
+    """Preset, then --config file, then --section.field flags, then the short flags; no progress bar
+    under --json (its output is the one JSON object)."""
     cfg = PRESETS[args.preset]()
     overrides: dict[str, Any] = {}
     if args.config is not None:
@@ -52,7 +72,10 @@ def resolve_config(args: argparse.Namespace, shortcuts: dict[str, str]) -> RunCo
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    if getattr(args, "json", False):
+        cfg.train.progress = False
+    return cfg
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -164,33 +187,21 @@ def _tokenizer_run(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_SHORTCUTS = {"time_budget": "train.time_budget", "max_steps": "train.max_steps", "seed": "train.seed",
-                   "batch_size": "train.batch_size", "seq_len": "train.seq_len", "objective": "train.objective",
-                   "device": "train.device"}
+TRAIN_SHORTCUTS = {**RUN_SHORTCUTS, "objective": "train.objective"}
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", default=None, help="text files/dirs/.jsonl or a prepared dir; none: built-in")
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="run directory (default: runs/default)")
     p.add_argument("--tokenizer", default=None, help="'bytes' (default) or a tokenizer directory / tokenizer.json")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    p.add_argument("--time-budget", type=float, help="stop after this many seconds")
-    p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch in sequences")
-    p.add_argument("--seq-len", type=int)
     p.add_argument("--objective", choices=["mdm", "ar"], help="mdm (LLaDA, default) or ar (baseline)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
-    add_config_args(p)
+    add_run_args(p)
 
 
 def _train_run(args: argparse.Namespace) -> int:
     from remask.train import train
 
     cfg = resolve_config(args, TRAIN_SHORTCUTS)
-    if args.json:
-        cfg.train.progress = False
     if args.resume and not (args.out / "checkpoint").exists():
         raise RemaskError(f"--resume: '{args.out}' holds no checkpoint; drop --resume to start a new run")
     data = args.data[0] if args.data and len(args.data) == 1 else args.data

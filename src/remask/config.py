@@ -1,8 +1,11 @@
 """Typed, keyword-only configs, validated on construction, plus the presets.
 
-Every field documents itself through ``field(metadata={"help": ...})``; the CLI turns each
-field into a ``--section.field VALUE`` flag and shows that help text. YAML or JSON is only used
-to save a run's resolved config (``config.json`` in a checkpoint) and to read ``--config``.
+Every field documents itself through ``option(help, default)`` (a ``field`` with
+``metadata={"help": ...}``); the CLI turns each field of these two configs into a
+``--section.field VALUE`` flag and shows that help text. ``check(ok, message)`` validates a field
+with a one-line ``RemaskError``. The sampling and likelihood configs use the same pair. YAML or
+JSON is only used to save a run's resolved config (``config.json`` in a checkpoint) and to read
+``--config``.
 """
 
 from __future__ import annotations
@@ -16,42 +19,49 @@ from typing import Any, Literal
 from remask.errors import RemaskError
 
 
-def _help(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
+def option(help: str, default: Any) -> Any:
+    """A config field documented once: ``help`` is what ``--help`` shows for it (see ``describe_fields``)."""
+    return field(default=default, metadata={"help": help})
+
+
+def check(ok: bool, message: str) -> None:
+    """Config validation: raise ``RemaskError(message)`` (a one-line user error) unless ``ok``."""
+    if not ok:
+        raise RemaskError(message)
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
     """A LLaMA-style Transformer; ``causal=False`` is LLaDA's mask predictor."""
 
-    vocab_size: int = _help("number of token ids (tokenizer vocabulary, specials included)", 264)
-    d_model: int = _help("residual stream width", 256)
-    n_layer: int = _help("number of Transformer blocks", 4)
-    n_head: int = _help("attention heads", 4)
-    n_kv_head: int | None = _help("key/value heads for grouped-query attention (None: = n_head)", None)
-    ffn_hidden: int | None = _help("SwiGLU hidden width (None: about 8/3 d_model, rounded up to 64)", None)
-    max_seq_len: int = _help("longest sequence the model is used with (prompt + generation)", 256)
-    rope_theta: float = _help("rotary embedding base", 10000.0)
-    norm_eps: float = _help("RMSNorm epsilon", 1e-5)
-    causal: bool = _help("causal attention: True is the autoregressive baseline", False)
-    tie_embeddings: bool = _help("share the token embedding with the LM head", False)
-    mask_token_id: int = _help("id of the [MASK] token", 256)
-    eos_token_id: int = _help("id of end-of-text (also the padding id)", 257)
-    init_std: float = _help("std of the normal init of linear and embedding weights", 0.02)
+    vocab_size: int = option("number of token ids (tokenizer vocabulary, specials included)", 264)
+    d_model: int = option("residual stream width", 256)
+    n_layer: int = option("number of Transformer blocks", 4)
+    n_head: int = option("attention heads", 4)
+    n_kv_head: int | None = option("key/value heads for grouped-query attention (None: = n_head)", None)
+    ffn_hidden: int | None = option("SwiGLU hidden width (None: about 8/3 d_model, rounded up to 64)", None)
+    max_seq_len: int = option("longest sequence the model is used with (prompt + generation)", 256)
+    rope_theta: float = option("rotary embedding base", 10000.0)
+    norm_eps: float = option("RMSNorm epsilon", 1e-5)
+    causal: bool = option("causal attention: True is the autoregressive baseline", False)
+    tie_embeddings: bool = option("share the token embedding with the LM head", False)
+    mask_token_id: int = option("id of the [MASK] token", 256)
+    eos_token_id: int = option("id of end-of-text (also the padding id)", 257)
+    init_std: float = option("std of the normal init of linear and embedding weights", 0.02)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.ffn_hidden is None:
             self.ffn_hidden = 64 * -(-int(8 * self.d_model / 3) // 64)
-        _check(self.d_model % self.n_head == 0, f"model.d_model={self.d_model} must be divisible by model.n_head={self.n_head}")
-        _check((self.d_model // self.n_head) % 2 == 0, "model.d_model / model.n_head must be even for rotary embeddings")
-        _check(self.n_head % self.n_kv_head == 0, f"model.n_head={self.n_head} must be a multiple of model.n_kv_head={self.n_kv_head}")
+        check(self.d_model % self.n_head == 0, f"model.d_model={self.d_model} must be divisible by model.n_head={self.n_head}")
+        check((self.d_model // self.n_head) % 2 == 0, "model.d_model / model.n_head must be even for rotary embeddings")
+        check(self.n_head % self.n_kv_head == 0, f"model.n_head={self.n_head} must be a multiple of model.n_kv_head={self.n_kv_head}")
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "n_kv_head", "ffn_hidden", "max_seq_len"):
-            _check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+            check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
         for name in ("mask_token_id", "eos_token_id"):
             tid = getattr(self, name)
-            _check(0 <= tid < self.vocab_size, f"model.{name}={tid} is outside the vocabulary (size {self.vocab_size})")
+            check(0 <= tid < self.vocab_size, f"model.{name}={tid} is outside the vocabulary (size {self.vocab_size})")
 
     @property
     def head_dim(self) -> int:
@@ -62,56 +72,56 @@ class ModelConfig:
 class TrainConfig:
     """The training loop shared by pre-training (mdm), the AR baseline (ar) and SFT."""
 
-    objective: Literal["mdm", "ar", "sft"] = _help("mdm: LLaDA pre-training; ar: next-token; sft: LLaDA SFT", "mdm")
-    seed: int = _help("seed for init, data order and masking noise", 1337)
-    batch_size: int = _help("global batch, in sequences", 16)
-    micro_batch_size: int | None = _help("sequences per forward pass (None: = batch_size); accumulates the rest", None)
-    seq_len: int = _help("training sequence length in tokens", 128)
-    max_steps: int = _help("optimizer steps (also the length of the LR schedule)", 2000)
-    time_budget: float | None = _help("stop after this many seconds of training (None: no limit)", None)
-    lr: float = _help("peak learning rate", 3e-3)
-    min_lr_ratio: float = _help("final LR as a fraction of the peak", 0.1)
-    warmup_steps: int = _help("linear warmup steps", 50)
-    schedule: Literal["cosine", "wsd"] = _help("after warmup: cosine decay, or warmup-stable-decay", "cosine")
-    decay_fraction: float = _help("wsd: fraction of max_steps spent in the final linear decay", 0.2)
-    lr_clock: Literal["steps", "time"] = _help(
+    objective: Literal["mdm", "ar", "sft"] = option("mdm: LLaDA pre-training; ar: next-token; sft: LLaDA SFT", "mdm")
+    seed: int = option("seed for init, data order and masking noise", 1337)
+    batch_size: int = option("global batch, in sequences", 16)
+    micro_batch_size: int | None = option("sequences per forward pass (None: = batch_size); accumulates the rest", None)
+    seq_len: int = option("training sequence length in tokens", 128)
+    max_steps: int = option("optimizer steps (also the length of the LR schedule)", 2000)
+    time_budget: float | None = option("stop after this many seconds of training (None: no limit)", None)
+    lr: float = option("peak learning rate", 3e-3)
+    min_lr_ratio: float = option("final LR as a fraction of the peak", 0.1)
+    warmup_steps: int = option("linear warmup steps", 50)
+    schedule: Literal["cosine", "wsd"] = option("after warmup: cosine decay, or warmup-stable-decay", "cosine")
+    decay_fraction: float = option("wsd: fraction of max_steps spent in the final linear decay", 0.2)
+    lr_clock: Literal["steps", "time"] = option(
         "what the LR schedule follows after warmup: steps (reproducible), or the time budget when that ends "
         "first (the decay completes on a slow machine too)", "steps")
-    weight_decay: float = _help("AdamW decay on matrices (not on norms or embeddings)", 0.1)
-    beta1: float = _help("AdamW beta1", 0.9)
-    beta2: float = _help("AdamW beta2", 0.95)
-    grad_clip: float = _help("clip the global gradient norm to this (0: off)", 1.0)
-    mask_eps: float = _help("LLaDA eps: masking probability p = (1 - eps) t + eps", 1e-3)
-    random_length_prob: float = _help("fraction of batches cut to a random length in 1..seq_len", 0.01)
-    eval_interval: int = _help("validate every this many steps (0: only at the end)", 200)
-    eval_batches: int = _help("validation batches (fixed windows and fixed noise)", 8)
-    eval_mc: int = _help("mask draws per validation window for the ELBO", 2)
-    log_interval: int = _help("append metrics every this many steps", 10)
-    ckpt_interval: int = _help("checkpoint every this many steps (0: only at the end)", 500)
-    device: str = _help("cpu, cuda, cuda:N or auto", "auto")
-    dtype: Literal["auto", "float32", "bfloat16"] = _help("autocast dtype (auto: bf16 on CUDA, fp32 on CPU)", "auto")
-    compile: bool = _help("torch.compile each block", False)
-    progress: bool = _help("show a progress bar", True)
-    samples: int = _help("samples printed (and saved) at the end of training", 3)
+    weight_decay: float = option("AdamW decay on matrices (not on norms or embeddings)", 0.1)
+    beta1: float = option("AdamW beta1", 0.9)
+    beta2: float = option("AdamW beta2", 0.95)
+    grad_clip: float = option("clip the global gradient norm to this (0: off)", 1.0)
+    mask_eps: float = option("LLaDA eps: masking probability p = (1 - eps) t + eps", 1e-3)
+    random_length_prob: float = option("fraction of batches cut to a random length in 1..seq_len", 0.01)
+    eval_interval: int = option("validate every this many steps (0: only at the end)", 200)
+    eval_batches: int = option("validation batches (fixed windows and fixed noise)", 8)
+    eval_mc: int = option("mask draws per validation window for the ELBO", 2)
+    log_interval: int = option("append metrics every this many steps", 10)
+    ckpt_interval: int = option("checkpoint every this many steps (0: only at the end)", 500)
+    device: str = option("cpu, cuda, cuda:N or auto", "auto")
+    dtype: Literal["auto", "float32", "bfloat16"] = option("autocast dtype (auto: bf16 on CUDA, fp32 on CPU)", "auto")
+    compile: bool = option("torch.compile each block", False)
+    progress: bool = option("show a progress bar", True)
+    samples: int = option("samples printed (and saved) at the end of training", 3)
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is None:
             self.micro_batch_size = self.batch_size
         for name in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_batches", "eval_mc", "log_interval"):
-            _check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
-        _check(self.batch_size % self.micro_batch_size == 0,
-               f"train.batch_size={self.batch_size} must be a multiple of train.micro_batch_size={self.micro_batch_size}")
-        _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
-        _check(0 < self.mask_eps < 1, f"train.mask_eps must be in (0, 1), got {self.mask_eps}")
-        _check(0 <= self.random_length_prob <= 1, "train.random_length_prob must be in [0, 1]")
-        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
-        _check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
-        _check(self.warmup_steps >= 0 and self.eval_interval >= 0 and self.ckpt_interval >= 0,
-               "train.warmup_steps, train.eval_interval and train.ckpt_interval must be >= 0")
-        _check(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
-        _check(self.objective in ("mdm", "ar", "sft"), f"train.objective must be mdm, ar or sft, got {self.objective!r}")
-        _check(self.lr_clock == "steps" or self.time_budget is not None,
-               "train.lr_clock=time needs train.time_budget (--time-budget SECONDS)")
+            check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
+        check(self.batch_size % self.micro_batch_size == 0,
+              f"train.batch_size={self.batch_size} must be a multiple of train.micro_batch_size={self.micro_batch_size}")
+        check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        check(0 < self.mask_eps < 1, f"train.mask_eps must be in (0, 1), got {self.mask_eps}")
+        check(0 <= self.random_length_prob <= 1, "train.random_length_prob must be in [0, 1]")
+        check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
+        check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
+        check(self.warmup_steps >= 0 and self.eval_interval >= 0 and self.ckpt_interval >= 0,
+              "train.warmup_steps, train.eval_interval and train.ckpt_interval must be >= 0")
+        check(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
+        check(self.objective in ("mdm", "ar", "sft"), f"train.objective must be mdm, ar or sft, got {self.objective!r}")
+        check(self.lr_clock == "steps" or self.time_budget is not None,
+              "train.lr_clock=time needs train.time_budget (--time-budget SECONDS)")
 
 
 @dataclass(kw_only=True)
@@ -127,11 +137,6 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return cls(model=build(ModelConfig, d.get("model", {}), "model"), train=build(TrainConfig, d.get("train", {}), "train"))
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise RemaskError(message)
 
 
 # ----------------------------------------------------------------------------- presets

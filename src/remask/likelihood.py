@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from remask.config import check, option
 from remask.errors import RemaskError
 from remask.rng import keyed_generator
 
@@ -50,31 +51,25 @@ MAX_ENUM_ORDERS = 8  # any_order_loglik enumerates L! orders: 8! = 40,320 forwar
 MAX_ENUM_SUBSETS = 16  # exact_elbo enumerates 2^L - 1 masked sets
 
 
-def _help(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(kw_only=True)
 class LikelihoodConfig:
     """How ``elbo`` estimates the bound."""
 
-    mc_num: int = _help("Monte Carlo samples per (prompt, answer) pair", 128)
-    batch_size: int = _help("samples per forward pass; must divide mc_num", 32)
-    estimator: str = _help("'l': masked count l ~ U{1..L}, stratified over the batch, weight L/l (LLaDA); "
-                           "'t': t ~ U(0,1), each token masked w.p. t, weight 1/t", "l")
-    cfg_scale: float = _help("classifier-free guidance weight on the predictor (0: off)", 0.0)
-    seed: int = _help("seed of the masking noise", 0)
+    mc_num: int = option("Monte Carlo samples per (prompt, answer) pair", 128)
+    batch_size: int = option("samples per forward pass; must divide mc_num", 32)
+    estimator: str = option("'l': masked count l ~ U{1..L}, stratified over the batch, weight L/l (LLaDA); "
+                            "'t': t ~ U(0,1), each token masked w.p. t, weight 1/t", "l")
+    cfg_scale: float = option("classifier-free guidance weight on the predictor (0: off)", 0.0)
+    seed: int = option("seed of the masking noise", 0)
 
     def __post_init__(self) -> None:
-        if self.mc_num <= 0:
-            raise RemaskError(f"--mc-num must be positive, got {self.mc_num}")
-        if self.batch_size <= 0 or self.mc_num % self.batch_size:
-            raise RemaskError(f"--batch-size {self.batch_size} must be positive and divide --mc-num {self.mc_num}; "
-                              f"try --batch-size {math.gcd(self.mc_num, max(1, self.batch_size))}")
-        if self.estimator not in ESTIMATORS:
-            raise RemaskError(f"--estimator {self.estimator!r} is not known; choose 'l' (lower variance) or 't'")
-        if self.cfg_scale < 0:
-            raise RemaskError(f"--cfg must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
+        check(self.mc_num > 0, f"--mc-num must be positive, got {self.mc_num}")
+        check(self.batch_size > 0 and self.mc_num % self.batch_size == 0,
+              f"--batch-size {self.batch_size} must be positive and divide --mc-num {self.mc_num}; "
+              f"try --batch-size {math.gcd(self.mc_num, max(1, self.batch_size))}")
+        check(self.estimator in ESTIMATORS,
+              f"--estimator {self.estimator!r} is not known; choose 'l' (lower variance) or 't'")
+        check(self.cfg_scale >= 0, f"--cfg must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
 
 
 @dataclass

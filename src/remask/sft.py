@@ -159,12 +159,8 @@ def _store_template(ckpt: Path, template: str) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
-SFT_SHORTCUTS = {"time_budget": "train.time_budget", "max_steps": "train.max_steps", "seed": "train.seed",
-                 "batch_size": "train.batch_size", "seq_len": "train.seq_len", "device": "train.device"}
-
-
 def add_args(p: argparse.ArgumentParser) -> None:
-    from remask.cli import add_config_args
+    from remask.cli import add_run_args
 
     p.add_argument("--data", nargs="+", default=None, help=".jsonl files/dirs: {messages: [...]} or {prompt, response}")
     p.add_argument("--out", type=Path, required=True, help="run directory")
@@ -176,23 +172,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.05, help="examples held out for validation")
     p.add_argument("--buckets", type=int, default=8, help="length buckets (1: no bucketing)")
     p.add_argument("--tokenizer", default=None, help="fresh models only: 'bytes' (default) or a tokenizer path")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    p.add_argument("--time-budget", type=float, help="stop after this many seconds")
-    p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch in sequences")
-    p.add_argument("--seq-len", type=int, help="longest example in tokens (longer ones are errors)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
-    add_config_args(p)
+    add_run_args(p, seq_len_help="longest example in tokens (longer ones are errors)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from remask.cli import emit, resolve_config
+    from remask.cli import RUN_SHORTCUTS, emit, resolve_config
 
-    cfg = resolve_config(args, SFT_SHORTCUTS)
-    if args.json:
-        cfg.train.progress = False
+    cfg = resolve_config(args, RUN_SHORTCUTS)
     template = None
     if args.template is not None:
         try:

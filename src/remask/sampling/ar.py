@@ -3,37 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from remask.config import check, option
 from remask.errors import RemaskError
-
-
-def _help(text: str, default: object) -> object:
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass(kw_only=True)
 class ARSampleConfig:
-    max_new_tokens: int = _help("tokens to generate", 64)
-    temperature: float = _help("0 is greedy", 0.0)
-    top_k: int | None = _help("sample among the k most likely tokens (None: all)", None)
-    top_p: float | None = _help("nucleus sampling mass (None: off)", None)
-    seed: int = _help("seed of the sampling generator", 0)
-    kv_cache: bool = _help("reuse the keys/values of earlier tokens (exact for a causal model; one new "
-                           "column per pass instead of the whole prefix)", True)
+    max_new_tokens: int = option("tokens to generate", 64)
+    temperature: float = option("0 is greedy", 0.0)
+    top_k: int | None = option("sample among the k most likely tokens (None: all)", None)
+    top_p: float | None = option("nucleus sampling mass (None: off)", None)
+    seed: int = option("seed of the sampling generator", 0)
+    kv_cache: bool = option("reuse the keys/values of earlier tokens (exact for a causal model; one new "
+                            "column per pass instead of the whole prefix)", True)
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens <= 0:
-            raise RemaskError(f"--gen-length must be positive, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise RemaskError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k <= 0:
-            raise RemaskError(f"--top-k must be positive, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise RemaskError(f"--top-p must be in (0, 1], got {self.top_p}")
+        check(self.max_new_tokens > 0, f"--gen-length must be positive, got {self.max_new_tokens}")
+        check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
+        check(self.top_k is None or self.top_k > 0, f"--top-k must be positive, got {self.top_k}")
+        check(self.top_p is None or 0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass

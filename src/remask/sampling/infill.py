@@ -115,8 +115,7 @@ def infill(
     span = [(int(cols[0]), int(cols[-1]) + 1)]
     events = denoise(model, ids, edit, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
                      prompt_mask=~edit, block_bounds=span)
-    final, n_forward, _ = run_events(events, torch.where(edit, mask_id, ids), callback)
-    return Generation(tokens=final, canvas=final, n_forward=n_forward)
+    return run_events(events, torch.where(edit, mask_id, ids), callback)  # tokens: the whole filled canvas
 
 
 def _as_2d(values: Any, dtype: torch.dtype, device: torch.device, what: str) -> Tensor:

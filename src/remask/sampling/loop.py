@@ -25,79 +25,71 @@ The engine knows nothing about tokenization.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from remask.config import check, option
 from remask.errors import RemaskError
 from remask.sampling.cache import CACHE_MODES, DTYPES, BlockForward, guided_logits  # noqa: F401 (old home)
 from remask.sampling.rules import CONFIDENCES, NEG_INF, RULES, demote, measure_name, top_k
 from remask.sampling.schedule import num_transfer_tokens
 
 
-def _help(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise RemaskError(message)
-
-
 @dataclass(kw_only=True)
 class SampleConfig:
     """LLaDA's sampler settings (the arguments of its ``generate``)."""
 
-    gen_length: int = _help("number of tokens to generate after the prompt", 64)
-    steps: int = _help("denoising steps in total, shared equally by the blocks (one forward pass each)", 64)
-    block_length: int | None = _help("semi-autoregressive block length; must divide gen_length (None: one block)",
-                                     None)
-    temperature: float = _help("Gumbel-max sampling temperature (0: argmax, deterministic)", 0.0)
-    remasking: str = _help("which masked tokens to commit each step: low_confidence (LLaDA), margin, entropy, "
-                           "random, or threshold (parallel decoding)", "low_confidence")
-    cfg_scale: float = _help("classifier-free guidance weight w (0: off; >0 doubles the forward passes)", 0.0)
-    logits_eos_inf: bool = _help("never generate EOS/EOT: their logits are set to -inf", False)
-    confidence_eos_eot_inf: bool = _help("commit EOS/EOT predictions only after every other token of the block",
-                                         False)
-    seed: int = _help("seed of the sampling noise (Gumbel draws, random remasking)", 0)
-    confidence: str | None = _help("confidence measure: low_confidence, margin, entropy or random "
-                                   "(None: the rule's namesake; low_confidence for threshold)", None)
-    threshold: float = _help("remasking=threshold: commit every masked token whose confidence >= this", 0.9)
-    cache: str = _help("approximate K/V cache: none (exact), prefix, or dual (prefix and suffix)", "none")
-    early_stop: bool = _help("stop once the answer has ended: a block committed entirely as EOS, or a block "
-                             "ending in EOS with EOS predicted for the whole rest; the rest is filled with EOS",
-                             True)
-    dtype: str = _help("forward-pass precision: auto (bf16 on CUDA), float32 or bfloat16", "auto")
-    compile: bool = _help("torch.compile the model's forward pass (pays off on GPU for repeated calls)", False)
+    gen_length: int = option("number of tokens to generate after the prompt", 64)
+    steps: int = option("denoising steps in total, shared equally by the blocks (one forward pass each)", 64)
+    block_length: int | None = option("semi-autoregressive block length; must divide gen_length (None: one block)",
+                                      None)
+    temperature: float = option("Gumbel-max sampling temperature (0: argmax, deterministic)", 0.0)
+    remasking: str = option("which masked tokens to commit each step: low_confidence (LLaDA), margin, entropy, "
+                            "random, or threshold (parallel decoding)", "low_confidence")
+    cfg_scale: float = option("classifier-free guidance weight w (0: off; >0 doubles the forward passes)", 0.0)
+    logits_eos_inf: bool = option("never generate EOS/EOT: their logits are set to -inf", False)
+    confidence_eos_eot_inf: bool = option("commit EOS/EOT predictions only after every other token of the block",
+                                          False)
+    seed: int = option("seed of the sampling noise (Gumbel draws, random remasking)", 0)
+    confidence: str | None = option("confidence measure: low_confidence, margin, entropy or random "
+                                    "(None: the rule's namesake; low_confidence for threshold)", None)
+    threshold: float = option("remasking=threshold: commit every masked token whose confidence >= this", 0.9)
+    cache: str = option("approximate K/V cache: none (exact), prefix, or dual (prefix and suffix)", "none")
+    early_stop: bool = option("stop once the answer has ended: a block committed entirely as EOS, or a block "
+                              "ending in EOS with EOS predicted for the whole rest; the rest is filled with EOS",
+                              True)
+    dtype: str = option("forward-pass precision: auto (bf16 on CUDA), float32 or bfloat16", "auto")
+    compile: bool = option("torch.compile the model's forward pass (pays off on GPU for repeated calls)", False)
 
     def __post_init__(self) -> None:
-        _check(self.gen_length > 0, f"--gen-length must be positive, got {self.gen_length}")
-        _check(self.steps > 0, f"--steps must be positive, got {self.steps}")
+        check(self.gen_length > 0, f"--gen-length must be positive, got {self.gen_length}")
+        check(self.steps > 0, f"--steps must be positive, got {self.steps}")
         if self.block_length is not None:
-            _check(self.block_length > 0,
-                   f"--block-length must be positive (or None for one block), got {self.block_length}")
-            _check(self.gen_length % self.block_length == 0,
-                   f"--block-length {self.block_length} must divide --gen-length {self.gen_length}")
+            check(self.block_length > 0,
+                  f"--block-length must be positive (or None for one block), got {self.block_length}")
+            check(self.gen_length % self.block_length == 0,
+                  f"--block-length {self.block_length} must divide --gen-length {self.gen_length}")
         blocks = self.num_blocks
         if self.steps % blocks:
             suggestion = -(-self.steps // blocks) * blocks
             raise RemaskError(f"--steps {self.steps} must be a multiple of the number of blocks "
                               f"(--gen-length {self.gen_length} / --block-length {self.block_length} = {blocks}); "
                               f"try --steps {suggestion}")
-        _check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
-        _check(self.cfg_scale >= 0, f"--cfg-scale must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
-        _check(self.remasking in RULES,
-               f"--remasking {self.remasking!r} is not a known rule; choose one of: {', '.join(sorted(RULES))}")
-        _check(self.confidence is None or self.confidence in CONFIDENCES,
-               f"--confidence {self.confidence!r} is not a known measure; choose one of: "
-               f"{', '.join(sorted(CONFIDENCES))}")
-        _check(0 < self.threshold <= 1, f"--threshold must be in (0, 1] (confidences are probabilities), "
-                                        f"got {self.threshold}")
-        _check(self.cache in CACHE_MODES, f"--cache {self.cache!r} is not a cache mode; choose one of: "
-                                          f"{', '.join(CACHE_MODES)}")
-        _check(self.dtype in DTYPES, f"--dtype {self.dtype!r} must be one of: {', '.join(DTYPES)}")
+        check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
+        check(self.cfg_scale >= 0, f"--cfg-scale must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
+        check(self.remasking in RULES,
+              f"--remasking {self.remasking!r} is not a known rule; choose one of: {', '.join(sorted(RULES))}")
+        check(self.confidence is None or self.confidence in CONFIDENCES,
+              f"--confidence {self.confidence!r} is not a known measure; choose one of: "
+              f"{', '.join(sorted(CONFIDENCES))}")
+        check(0 < self.threshold <= 1, f"--threshold must be in (0, 1] (confidences are probabilities), "
+                                       f"got {self.threshold}")
+        check(self.cache in CACHE_MODES, f"--cache {self.cache!r} is not a cache mode; choose one of: "
+                                         f"{', '.join(CACHE_MODES)}")
+        check(self.dtype in DTYPES, f"--dtype {self.dtype!r} must be one of: {', '.join(DTYPES)}")
 
     @property
     def num_blocks(self) -> int:
@@ -187,10 +179,10 @@ def denoise(
     device = canvas.device
     editable = editable.to(device=device, dtype=torch.bool)
     blocks = [(0, L)] if block_bounds is None else [(int(s), int(e)) for s, e in block_bounds]
-    _check(len(blocks) > 0 and cfg.steps % len(blocks) == 0,
-           f"--steps {cfg.steps} must be a multiple of the number of blocks ({len(blocks)})")
-    _check(cfg.remasking in RULES, f"--remasking {cfg.remasking!r} is not a known rule; choose one of: "
-           f"{', '.join(sorted(RULES))}")
+    check(len(blocks) > 0 and cfg.steps % len(blocks) == 0,
+          f"--steps {cfg.steps} must be a multiple of the number of blocks ({len(blocks)})")
+    check(cfg.remasking in RULES, f"--remasking {cfg.remasking!r} is not a known rule; choose one of: "
+          f"{', '.join(sorted(RULES))}")
     rule, measure = RULES[cfg.remasking], CONFIDENCES[measure_name(cfg.remasking, cfg.confidence)]
     adaptive = rule is not top_k  # may commit more than the budget, so a block can fill early
     steps_per_block = cfg.steps // len(blocks)
@@ -262,15 +254,16 @@ def denoise(
                 return
 
 
-def run_events(events: Iterator[StepEvent], start: Tensor,
-               callback: Callable[[StepEvent], None] | None) -> tuple[Tensor, int, int]:
-    """Drive ``denoise`` to the end, feeding ``callback``: -> (final canvas (B, L), n_forward, n_forward_saved)."""
+def run_events(events: Iterator[StepEvent], start: Tensor, callback: Callable[[StepEvent], None] | None, *,
+               first: int = 0) -> Generation:
+    """Drive ``denoise`` to the end, feeding ``callback``: -> its ``Generation``, whose ``tokens`` are
+    the final canvas's columns from ``first`` on (``start`` (B, L) is the canvas before any step)."""
     canvas, n_forward, saved = start, 0, 0
     for event in events:
         if callback is not None:
             callback(event)
         canvas, n_forward, saved = event.canvas, event.n_forward, event.n_forward_saved
-    return canvas, n_forward, saved
+    return Generation(tokens=canvas[:, first:], canvas=canvas, n_forward=n_forward, n_forward_saved=saved)
 
 
 def model_device(model: Any) -> torch.device:
@@ -300,8 +293,8 @@ def left_pad(prompts: Sequence[Sequence[int]] | Tensor, pad_id: int,
     """Prompts -> ((B, P) long left-padded with ``pad_id``, (B, P) bool real-token mask or None if all equal)."""
     if isinstance(prompts, Tensor):
         ids = prompts[None] if prompts.dim() == 1 else prompts
-        _check(ids.dim() == 2, f"prompts must be a (B, L) tensor of token ids, got shape {tuple(prompts.shape)}")
-        _check(ids.shape[0] > 0, "no prompts given; pass at least one prompt")
+        check(ids.dim() == 2, f"prompts must be a (B, L) tensor of token ids, got shape {tuple(prompts.shape)}")
+        check(ids.shape[0] > 0, "no prompts given; pass at least one prompt")
         return ids.to(device=device, dtype=torch.long), None
     rows = [list(p) for p in _rows(prompts)]
     lengths = [len(r) for r in rows]
@@ -318,9 +311,9 @@ def left_pad(prompts: Sequence[Sequence[int]] | Tensor, pad_id: int,
 
 def _rows(prompts: Sequence[Sequence[int]]) -> list[Sequence[int]]:
     rows = list(prompts)
-    _check(len(rows) > 0, "no prompts given; pass at least one prompt")
-    _check(not any(isinstance(r, int) for r in rows),
-           "prompts must be a list of token-id lists; wrap a single prompt as [ids]")
+    check(len(rows) > 0, "no prompts given; pass at least one prompt")
+    check(not any(isinstance(r, int) for r in rows),
+          "prompts must be a list of token-id lists; wrap a single prompt as [ids]")
     return rows
 
 
@@ -339,15 +332,14 @@ def generate_stream(
     ``stream.TextDeltas`` to turn events into text as its stable prefix grows. The prompts are
     checked when this is called, not when it is first iterated.
     """
-    canvas, editable, attn_mask, bounds = _canvas(model, prompts, cfg, mask_id=mask_id, eos_id=eos_id)
     # denoise's inference_mode decorator re-enters the mode on every resumption of the generator.
-    return denoise(model, canvas, editable, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
-                   attn_mask=attn_mask, block_bounds=bounds)
+    return _start(model, prompts, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id)[1]
 
 
-def _canvas(model: Any, prompts: Sequence[Sequence[int]] | Tensor, cfg: SampleConfig, *, mask_id: int,
-            eos_id: int) -> tuple[Tensor, Tensor, Tensor | None, list[tuple[int, int]]]:
-    """Prompts -> (canvas (B, P + gen_length), editable (B, L), attn_mask (B, L) or None, block bounds)."""
+def _start(model: Any, prompts: Sequence[Sequence[int]] | Tensor, cfg: SampleConfig, *, mask_id: int,
+           eos_id: int, eot_id: int | None) -> tuple[Tensor, Iterator[StepEvent]]:
+    """Prompts -> (the starting canvas (B, P + gen_length): prompt, then gen_length masks; its ``denoise``
+    events over Algorithm 5's blocks). The prompts are checked here, before the first event."""
     device = model_device(model)
     ids, attn = left_pad(prompts, eos_id, device)  # (B, P), (B, P) or None
     B, P = ids.shape
@@ -364,7 +356,8 @@ def _canvas(model: Any, prompts: Sequence[Sequence[int]] | Tensor, cfg: SampleCo
                                                                           device=device)], 1)
     block = cfg.block_length or cfg.gen_length
     bounds = [(P + b * block, P + (b + 1) * block) for b in range(cfg.num_blocks)]  # Algorithm 5's blocks
-    return canvas, editable, attn_mask, bounds
+    return canvas, denoise(model, canvas, editable, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
+                           attn_mask=attn_mask, block_bounds=bounds)
 
 
 @torch.inference_mode()
@@ -386,8 +379,5 @@ def generate(
     the differently shaped attention). ``callback`` sees every ``StepEvent``. With
     ``cfg.early_stop`` a finished answer is EOS-padded to gen_length (``stream.trim_eos`` cuts it).
     """
-    canvas, editable, attn_mask, bounds = _canvas(model, prompts, cfg, mask_id=mask_id, eos_id=eos_id)
-    events = denoise(model, canvas, editable, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
-                     attn_mask=attn_mask, block_bounds=bounds)
-    final, n_forward, saved = run_events(events, canvas, callback)
-    return Generation(tokens=final[:, -cfg.gen_length:], canvas=final, n_forward=n_forward, n_forward_saved=saved)
+    canvas, events = _start(model, prompts, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id)
+    return run_events(events, canvas, callback, first=canvas.shape[1] - cfg.gen_length)
