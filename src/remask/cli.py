@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,7 +344,12 @@ def build_parser(commands: list[Command] | None = None) -> argparse.ArgumentPars
     return parser
 
 
+def _one_line_warning(message: Warning | str, category: type, filename: str, lineno: int, line: str | None = None) -> str:
+    return f"remask: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning  # the library warns; the CLI shows one line, no source
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed as one line)
