@@ -78,7 +78,7 @@ def _error(capsys, argv: list[str]) -> str:
     return err
 
 
-def test_bad_input_gives_one_line_errors(tmp_path, trained, capsys):
+def test_bad_input_gives_one_line_errors(tmp_path, trained, text_corpus, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("")
@@ -99,6 +99,12 @@ def test_bad_input_gives_one_line_errors(tmp_path, trained, capsys):
     assert "bad" in _error(capsys, ["generate", "--ckpt", str(bad), "hi"])
     assert "--train.bogus" in _error(capsys, ["train", "--out", out, "--train.bogus", "1"])
     assert "--resume" in _error(capsys, ["train", "--out", str(tmp_path / "fresh"), "--resume"])
+    # Nothing is lost: a second run into the same directory needs --resume or --overwrite.
+    before = (trained / "checkpoint" / "model.safetensors").read_bytes()
+    assert "already holds a checkpoint" in _error(capsys, ["train", "--out", str(trained), *TINY])
+    assert (trained / "checkpoint" / "model.safetensors").read_bytes() == before
+    run_json(capsys, ["train", "--out", str(trained), "--data", str(text_corpus), "--overwrite", *TINY, "--seed", "7"])
+    assert (trained / "checkpoint" / "model.safetensors").read_bytes() != before
 
 
 def test_render_canvas_marks_masks():

@@ -51,6 +51,7 @@ def add_run_args(p: argparse.ArgumentParser, *, seq_len_help: str | None = None)
     """The flags every training command (train, sft) shares: --resume, the ``RUN_SHORTCUTS`` flags,
     --json, then the config flags of ``add_config_args``."""
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out")
     p.add_argument("--time-budget", type=float, help="stop after this many seconds")
     p.add_argument("--max-steps", type=int, help="optimizer steps")
     p.add_argument("--seed", type=int)
@@ -206,7 +207,7 @@ def _train_run(args: argparse.Namespace) -> int:
     if args.resume and not (args.out / "checkpoint").exists():
         raise RemaskError(f"--resume: '{args.out}' holds no checkpoint; drop --resume to start a new run")
     data = args.data[0] if args.data and len(args.data) == 1 else args.data
-    res = train(cfg, args.out, data=data, tokenizer=args.tokenizer, resume=args.resume)
+    res = train(cfg, args.out, data=data, tokenizer=args.tokenizer, resume=args.resume, overwrite=args.overwrite)
     bpb = f", {res.val_bpb:.3f} bits/byte" if res.val_bpb is not None else ""
     human = (f"step {res.step}: validation loss {res.val_loss:.4f} nats/token{bpb}; {res.tokens_per_s:,.0f} tokens/s\n"
              f"checkpoint: {res.checkpoint}\n" + "".join(f"--- sample {i}\n{s}\n" for i, s in enumerate(res.samples)))

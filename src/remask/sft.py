@@ -72,7 +72,7 @@ def _read_run(out_dir: Path) -> tuple[dict[str, Any], RunConfig, Any]:
 
 
 def sft(data: str | Path | Sequence[str | Path] | None, out_dir: str | Path, *, cfg: RunConfig | None = None,
-        init_from: str | Path | None = None, resume: bool = False, tokenizer: Any = None,
+        init_from: str | Path | None = None, resume: bool = False, overwrite: bool = False, tokenizer: Any = None,
         objective: str | None = None, template: str | None = None, split_turns: bool = False,
         skip_bad: bool = False, val_fraction: float = 0.05, buckets: int = 8,
         callback: Callable[[int, float], None] | None = None) -> SFTResult:
@@ -84,13 +84,15 @@ def sft(data: str | Path | Sequence[str | Path] | None, out_dir: str | Path, *, 
     template: a Jinja2 chat template (default: the tokenizer's own, else LLaDA's layout); it is
     saved with the tokenizer. split_turns: one single-turn pair per assistant turn. skip_bad:
     skip (and count) bad or too-long records instead of failing. buckets: length buckets.
+    overwrite: replace a checkpoint already in ``out_dir`` (refused otherwise).
     resume: continue ``out_dir`` exactly, with the data options saved there (``cfg`` then only
     sets the new max_steps / time_budget; None keeps the run's own).
     """
     from remask.data.tokenizer import load_tokenizer
-    from remask.train.checkpoint import resolve_checkpoint
+    from remask.train.checkpoint import guard_run_dir, resolve_checkpoint
 
     out_dir = Path(out_dir)
+    guard_run_dir(out_dir, resume=resume, overwrite=overwrite)
     if resume:
         opts, run_cfg, tok = _read_run(out_dir)
         data = data if data else opts["data"]
@@ -137,7 +139,7 @@ def sft(data: str | Path | Sequence[str | Path] | None, out_dir: str | Path, *, 
         cfg = RunConfig(model=cfg.model, train=replace(t, samples=0))  # unconditional samples mean nothing here
 
     res = train(cfg, out_dir, tokenizer=tok, source=source, init_from=None if resume else init_from,
-                resume=resume, callback=callback)
+                resume=resume, overwrite=overwrite, callback=callback)
     _store_template(res.checkpoint, opts["template"])
 
     steps = min(res.step or 1, PADDING_STEPS)
@@ -185,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
             template = args.template.read_text(encoding="utf-8")
         except OSError as e:
             raise RemaskError(f"--template '{args.template}' cannot be read ({e.strerror})") from None
-    res = sft(args.data, args.out, cfg=cfg, init_from=args.ckpt, resume=args.resume, tokenizer=args.tokenizer,
+    res = sft(args.data, args.out, cfg=cfg, init_from=args.ckpt, resume=args.resume, overwrite=args.overwrite,
+              tokenizer=args.tokenizer,
               objective=args.objective, template=template, split_turns=args.split_turns, skip_bad=args.skip_bad,
               val_fraction=args.val_fraction, buckets=args.buckets)
     r = res.train

@@ -60,6 +60,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
                       "pass a directory written by `remask train` or `remask convert`")
 
 
+def guard_run_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Nothing is lost: a new run may not replace the checkpoint a directory already holds."""
+    if not resume and not overwrite and (Path(out_dir) / "checkpoint").exists():
+        raise RemaskError(f"'{out_dir}' already holds a checkpoint; pass --resume to continue it, --overwrite "
+                          "to replace it, or --out to start elsewhere")
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

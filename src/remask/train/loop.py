@@ -33,7 +33,7 @@ from remask.objectives import OBJECTIVES, Batch
 from remask.rng import NOISE, STEP, keyed_generator, keyed_uniform
 from remask.train import distributed
 from remask.train.batches import BatchSource, TokenWindows
-from remask.train.checkpoint import load_checkpoint, save_checkpoint
+from remask.train.checkpoint import guard_run_dir, load_checkpoint, save_checkpoint
 from remask.train.optim import build_optimizer, lr_at
 
 EVAL_SEED = 20250214  # validation noise never changes, so val numbers compare across runs
@@ -122,16 +122,19 @@ def _build(cfg: RunConfig, tok: Any, info: distributed.DistInfo) -> tuple[Transf
 
 def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None = None,
           tokenizer: Any = None, source: BatchSource | None = None, init_from: str | Path | None = None,
-          resume: bool = False, callback: Callable[[int, float], None] | None = None) -> TrainResult:
+          resume: bool = False, overwrite: bool = False,
+          callback: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train and checkpoint into ``out_dir``; return the final metrics.
 
     data: raw text files / directories / .jsonl, or a prepared directory; None is the built-in
     corpus. tokenizer: "bytes" (default), a tokenizer directory / tokenizer.json, or an object.
     source: a ready BatchSource (SFT passes its own); init_from: start from a checkpoint's
-    weights; resume: continue ``out_dir``'s checkpoint exactly. callback(step, loss) runs after
+    weights; resume: continue ``out_dir``'s checkpoint exactly; overwrite: start afresh even where
+    ``out_dir`` already holds a checkpoint (refused otherwise). callback(step, loss) runs after
     every optimizer step; raising KeyboardInterrupt there (or Ctrl-C) saves and stops.
     """
     out_dir = Path(out_dir)
+    guard_run_dir(out_dir, resume=resume, overwrite=overwrite)
     info = distributed.setup(cfg.train.device)
     state: dict[str, Any] = {}
     opt_state = None
