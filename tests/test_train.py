@@ -55,6 +55,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, text_corpus):
 
     part = train(cfg, tmp_path / "resumed", data=text_corpus, callback=stop_at_3)
     assert part.interrupted and part.step == 3
+    with (tmp_path / "resumed" / "metrics.jsonl").open("a") as f:  # a crash cut this append short
+        f.write('{"step": 4, "loss": 1.')
     train(cfg, tmp_path / "resumed", data=text_corpus, resume=True)
     assert losses(tmp_path / "resumed") == losses(tmp_path / "full")
     a, b = load_checkpoint(tmp_path / "full").model, load_checkpoint(tmp_path / "resumed").model

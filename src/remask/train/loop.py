@@ -297,10 +297,17 @@ def _bpb(nats_per_token: float, source: BatchSource) -> float | None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records a crashed run wrote after its last checkpoint (atomic rewrite)."""
+    """On resume, drop records a crashed run wrote after its last checkpoint, and a line a crash cut
+    short (appends are not atomic), with one atomic rewrite."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
     write_text_atomic(path, "".join(k + "\n" for k in keep))
 
 
