@@ -116,7 +116,7 @@ def sft(data: str | Path | Sequence[str | Path] | None, out_dir: str | Path, *, 
                                   f"{'ar' if base_cfg.model.causal else 'sft'} with it")
             tok = load_tokenizer(base)
         else:
-            tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else load_tokenizer(tokenizer)
+            tok = load_tokenizer(tokenizer)
         paths = [data] if isinstance(data, (str, Path)) else list(data)
         opts = {"data": [str(Path(p).resolve()) for p in paths], "split_turns": split_turns, "skip_bad": skip_bad,
                 "val_fraction": val_fraction, "buckets": buckets,

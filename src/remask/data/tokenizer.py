@@ -278,9 +278,12 @@ def _read_json(path: Path) -> Any:
                           "re-save the tokenizer or pass --tokenizer bytes") from None
 
 
-def load_tokenizer(path: str | Path | None) -> Tokenizer:
+def load_tokenizer(path: str | Path | Tokenizer | None) -> Tokenizer:
     """None or "bytes" -> ByteTokenizer; else a directory (tokenizer_config.json and/or
-    tokenizer.json, remask's or Hugging Face's format) or a path to a tokenizer.json file."""
+    tokenizer.json, remask's or Hugging Face's format) or a path to a tokenizer.json file.
+    A Tokenizer object is returned as it is, so APIs can take either."""
+    if isinstance(path, Tokenizer):
+        return path
     if path is None or str(path) == "bytes":
         return ByteTokenizer()
     p = Path(path)

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from remask.config import RunConfig
+from remask.data.tokenizer import load_tokenizer
 from remask.errors import RemaskError
 from remask.fileio import write_text_atomic
 from remask.model import Transformer, build_model
@@ -87,25 +88,13 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[Batch, np.ndarray]], cf
     return (total[0] / total[1].clamp_min(1)).item()
 
 
-def _resolve_tokenizer(tokenizer: Any) -> Any:
-    from remask.data.tokenizer import load_tokenizer
-
-    return tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else load_tokenizer(tokenizer)
-
-
-def _resolve_data(data: Any, tokenizer: Any, out_dir: Path, info: distributed.DistInfo) -> tuple[str, Any]:
-    """(prepared data directory, the tokenizer that produced it); rank 0 prepares, the rest wait."""
+def _resolve_data(data: Any, tok: Any, out_dir: Path, info: distributed.DistInfo) -> tuple[str, Any]:
+    """(prepared data directory, the tokenizer that produced its ids); rank 0 prepares, the rest
+    wait. A directory prepared earlier brings its own tokenizer; raw text is tokenised with ``tok``."""
     from remask.data.prepare import is_prepared, resolve_data
-    from remask.data.tokenizer import load_tokenizer
 
-    prepared = isinstance(data, (str, Path)) and is_prepared(data)
-    tok = _resolve_tokenizer(tokenizer)
-    if prepared:  # the ids on disk come from the data's own tokenizer
-        data_tok = load_tokenizer(Path(data) / "tokenizer")
-        if tokenizer is not None and data_tok.digest() != tok.digest():
-            raise RemaskError(f"--data {data} was prepared with a different tokenizer than --tokenizer {tokenizer}; "
-                              "drop --tokenizer or re-run `remask prepare` with it")
-        return str(data), data_tok
+    if isinstance(data, (str, Path)) and is_prepared(data):
+        return str(data), load_tokenizer(Path(data) / "tokenizer")
     box = [str(resolve_data(data, out_dir / "data", tok)) if info.is_main else None]
     if info.enabled:
         torch.distributed.broadcast_object_list(box, src=0)
@@ -150,18 +139,19 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
         ck = load_checkpoint(init_from, info.device)
         model, cfg, tok = ck.model, RunConfig(model=ck.config.model, train=cfg.train), ck.tokenizer
         if tokenizer is not None:  # e.g. the base tokenizer with a chat template added for SFT
-            tok = _resolve_tokenizer(tokenizer)
+            tok = load_tokenizer(tokenizer)
             m = ck.config.model
             if (tok.vocab_size, tok.mask_id, tok.eos_id) != (m.vocab_size, m.mask_token_id, m.eos_token_id):
                 raise RemaskError(f"the tokenizer given does not match checkpoint '{init_from}' (vocabulary or "
                                   "mask/EOS ids differ); drop the tokenizer to use the checkpoint's own")
     else:
-        tok = _resolve_tokenizer(tokenizer) if source is not None else None
+        tok = None if source is None and tokenizer is None else load_tokenizer(tokenizer)
     if source is None and data_dir is None:
-        data_dir, data_tok = _resolve_data(data, tok if tok is not None else tokenizer, out_dir, info)
+        data_dir, data_tok = _resolve_data(data, tok if tok is not None else load_tokenizer(None), out_dir, info)
         if tok is not None and data_tok.digest() != tok.digest():
-            raise RemaskError(f"--data {data} was tokenised with a different tokenizer than the checkpoint's; "
-                              "pass raw text so it is re-tokenised, or prepare it with the checkpoint's tokenizer")
+            whose = f"--tokenizer {tokenizer}" if init_from is None else f"checkpoint '{init_from}'s tokenizer"
+            raise RemaskError(f"--data {data} was prepared with a different tokenizer than {whose}; pass raw text "
+                              "so it is re-tokenised, or re-run `remask prepare` with that tokenizer")
         tok = data_tok
     if not resume and init_from is None:
         model, cfg = _build(cfg, tok, info)
