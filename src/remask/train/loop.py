@@ -199,6 +199,11 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def validate() -> float:
+        loss = evaluate(model, val_batches, cfg, info)
+        log({"step": step, "val_loss": loss, "val_bpb": _bpb(loss, source)})
+        return loss
+
     def checkpoint() -> Path:
         ck = out_dir / "checkpoint"
         if info.is_main:
@@ -259,8 +264,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
             if callback is not None:
                 callback(step, loss_val)
             if t.eval_interval and step % t.eval_interval == 0 and step < t.max_steps:
-                last_val = evaluate(model, val_batches, cfg, info)
-                log({"step": step, "val_loss": last_val, "val_bpb": _bpb(last_val, source)})
+                last_val = validate()
                 window_t0 = time.perf_counter()  # do not charge evaluation to throughput
             if t.ckpt_interval and step % t.ckpt_interval == 0 and step < t.max_steps:
                 checkpoint()
@@ -271,8 +275,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
         bar.close()
 
     if not interrupted or step > start:
-        last_val = evaluate(model, val_batches, cfg, info)
-        log({"step": step, "val_loss": last_val, "val_bpb": _bpb(last_val, source)})
+        last_val = validate()
     ck = checkpoint()
     tok_s = tokens_seen / elapsed if elapsed > 0 and start == 0 else tok_s
     samples = final_samples(raw, tok, cfg, t.samples) if info.is_main and not interrupted else []
