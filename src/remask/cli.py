@@ -222,7 +222,6 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _generate_run(args: argparse.Namespace) -> int:
-    from remask.data.tokenizer import load_tokenizer  # noqa: F401  (fail early if data extras broke)
     from remask.sampling import generate
     from remask.train.checkpoint import load_model
     from remask.train.distributed import pick_device

@@ -8,7 +8,7 @@
 Fast settings: ``SampleConfig(remasking="threshold", threshold=0.9, cache="dual")``.
 """
 
-from remask.sampling.cache import CACHE_MODES, BlockForward
+from remask.sampling.cache import CACHE_MODES, BlockForward, guided_logits
 from remask.sampling.infill import infill, parse_infill
 from remask.sampling.loop import (
     Generation,
@@ -18,7 +18,6 @@ from remask.sampling.loop import (
     denoise,
     generate,
     generate_stream,
-    guided_logits,
 )
 from remask.sampling.rules import (
     CONFIDENCES,

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from remask.config import check, option
 from remask.errors import RemaskError
-from remask.sampling.cache import CACHE_MODES, DTYPES, BlockForward, guided_logits  # noqa: F401 (old home)
+from remask.sampling.cache import CACHE_MODES, DTYPES, BlockForward
 from remask.sampling.rules import CONFIDENCES, NEG_INF, RULES, demote, measure_name, top_k
 from remask.sampling.schedule import num_transfer_tokens
 
