@@ -2,6 +2,7 @@
 
     python benchmarks/planning.py                   # 4-8 minutes on 2 cores (results/planning.md)
     python benchmarks/planning.py --quick           # a smoke run, 20 steps per task, writes nothing
+    python benchmarks/planning.py --work-dir DIR    # keep the checkpoints (DIR/mdm-sudoku: sampling.py --sudoku)
 
 Known result (Ye et al. 2024, "Beyond Autoregression: Discrete Diffusion for Complex Reasoning
 and Planning"; d1, Zhao et al. 2025): a masked diffusion model solves small Sudoku and Countdown
@@ -41,14 +42,24 @@ import csv
 import itertools
 import json
 import re
-import tempfile
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS_DIR, command_line, date, machine, run_workers, table, write_atomic
+from common import (
+    RESULTS_DIR,
+    add_model_args,
+    command_line,
+    date,
+    machine,
+    run_workers,
+    table,
+    work_dir,
+    write_atomic,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sudoku_countdown"
 TEMPLATE = ("{% for m in messages %}{{ m['content'] }}"
@@ -218,15 +229,15 @@ def score(task: str, answer: str, item: dict) -> bool:
 
 # ----------------------------------------------------------------------------- worker
 
-def run_config(steps: int, cap: float, lr: float, ar: bool):
+def run_config(args: argparse.Namespace, steps: int, cap: float, lr: float, ar: bool):
     from remask.config import ModelConfig, RunConfig, TrainConfig
 
     return RunConfig(
-        model=ModelConfig(d_model=96, n_layer=3, n_head=4, max_seq_len=64, causal=ar),
-        train=TrainConfig(objective="ar" if ar else "sft", batch_size=64, seq_len=48, max_steps=steps,
+        model=ModelConfig(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, max_seq_len=64, causal=ar),
+        train=TrainConfig(objective="ar" if ar else "sft", batch_size=args.batch_size, seq_len=48, max_steps=steps,
                           time_budget=cap, lr=lr, warmup_steps=20, min_lr_ratio=0.05, mask_eps=0.1,
                           eval_interval=0, eval_batches=2, eval_mc=1, ckpt_interval=0, log_interval=50,
-                          progress=False, device="cpu", samples=0))
+                          progress=False, device=args.device, dtype="auto", samples=0, lr_clock=args.lr_clock))
 
 
 def decode(task: str, kind: str, model, tok, items: list[dict]) -> list[str]:
@@ -240,16 +251,18 @@ def decode(task: str, kind: str, model, tok, items: list[dict]) -> list[str]:
     n = TASKS[task]["answer"]
     if task == "sudoku-grids":  # the givens are imposed on the grid; the model fills the blanks
         prompt = prompt_ids(tok, GRID_PROMPT)
-        grid = torch.tensor([[tok.mask_id if c == "0" else ord(c) for c in it["prompt"]] for it in items])  # (B, 16)
+        device = next(model.parameters()).device
+        grid = torch.tensor([[tok.mask_id if c == "0" else ord(c) for c in it["prompt"]] for it in items],
+                            device=device)  # (B, 16)
         holes = grid == tok.mask_id
         if kind == "mdm":  # infill: any order, low-confidence first, both sides visible
-            canvas = torch.cat([torch.tensor(prompt).expand(len(items), -1), grid], 1)
-            editable = torch.cat([torch.zeros(len(items), len(prompt), dtype=torch.bool), holes], 1)
+            canvas = torch.cat([torch.tensor(prompt, device=device).expand(len(items), -1), grid], 1)
+            editable = torch.cat([torch.zeros(len(items), len(prompt), dtype=torch.bool, device=device), holes], 1)
             out = infill(model, canvas, editable, SampleConfig(gen_length=n, steps=n), mask_id=tok.mask_id,
                          eos_id=tok.eos_id, eot_id=tok.eot_id)
             rows = out.canvas[:, len(prompt):]
         else:  # left to right, a given forced where there is one, else the greedy choice
-            x = torch.tensor(prompt).expand(len(items), -1).clone()
+            x = torch.tensor(prompt, device=device).expand(len(items), -1).clone()
             with torch.inference_mode():
                 for j in range(n):
                     logits = model(x)[:, -1].float()  # (B, V)
@@ -267,27 +280,31 @@ def decode(task: str, kind: str, model, tok, items: list[dict]) -> list[str]:
     return [tok.decode(r[:n].tolist(), skip_special_tokens=True) for r in rows]
 
 
-def worker(kind: str, work: Path, steps: dict[str, int]) -> None:
+def worker(args: argparse.Namespace, steps: dict[str, int]) -> None:
     import torch
 
     torch.set_num_threads(1)
     from remask.sft import sft
     from remask.train import load_model
 
+    kind, work = args.worker, args.work
     tests = load_tests()
     results = {}
-    for task, spec in TASKS.items():
+    for task in args.tasks:
+        spec = TASKS[task]
         t0 = time.perf_counter()
+        cap, lr = args.time_cap or spec["cap"], float(args.lr.get(task, spec["lr"]))
         res = sft(work / f"{spec['data']}.jsonl", work / f"{kind}-{task}",
-                  cfg=run_config(steps[task], spec["cap"], spec["lr"], kind == "ar"), template=TEMPLATE,
-                  val_fraction=0.0 if task == "sudoku-grids" else 0.01, buckets=1)
+                  cfg=run_config(args, steps[task], cap, lr, kind == "ar"), template=TEMPLATE,
+                  val_fraction=0.0 if task == "sudoku-grids" else 0.01, buckets=1, overwrite=True)
         train_s = time.perf_counter() - t0
-        model, tok = load_model(work / f"{kind}-{task}")
+        model, tok = load_model(work / f"{kind}-{task}", args.device)
         t0 = time.perf_counter()
         answers = decode(task, kind, model, tok, tests[task])
         eval_s = time.perf_counter() - t0
         solved = [score(task, a, item) for a, item in zip(answers, tests[task])]
         results[task] = {"accuracy": float(np.mean(solved)), "solved": int(sum(solved)), "n": len(solved),
+                         "params": model.num_params(),
                          "steps": res.train.step, "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
                          "val_loss": res.train.val_loss, "examples": res.examples,
                          "samples": [{"prompt": it["prompt"], "answer": a} for it, a in zip(tests[task], answers)][:3]}
@@ -302,13 +319,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20 steps per task")
     ap.add_argument("--steps", type=json.loads, default={}, help='per-task step overrides, e.g. \'{"sudoku": 800}\'')
+    ap.add_argument("--lr", type=json.loads, default={}, help='per-task peak lr overrides, e.g. \'{"countdown": 1e-3}\'')
+    ap.add_argument("--time-cap", type=float, default=None, help="training seconds per task and model "
+                                                                  "(default: each task's own cap)")
+    ap.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), help="the tasks to run")
+    add_model_args(ap, d_model=96, n_layer=3, n_head=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr-clock", choices=["steps", "time"], default="steps",
+                    help="time: the lr schedule runs on the time cap (for runs the cap ends)")
+    ap.add_argument("--countdown-train", type=int, default=40000, help="generated Countdown training problems")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both workers share the one GPU)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", type=Path, default=RESULTS_DIR / "planning.md", help="Markdown results file")
     ap.add_argument("--worker", choices=["mdm", "ar"], help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--work-dir", type=Path, default=None,
+                    help="keep the data and checkpoints here (e.g. for benchmarks/sampling.py --sudoku); "
+                         "default: a temp dir, removed")
     args = ap.parse_args()
     steps = {t: 20 if args.quick else int(args.steps.get(t, spec["steps"])) for t, spec in TASKS.items()}
     if args.worker:
-        worker(args.worker, args.work, steps)
+        worker(args, steps)
         return
     if not DATA.is_dir():
         print(f"skipped: the test sets are not at {DATA}")
@@ -320,21 +351,22 @@ def main() -> None:
     data = {
         "sudoku": sudoku_train({t["prompt"] for t in tests["sudoku"]}, 20000, rng),
         "grids": [{"prompt": GRID_PROMPT, "response": "".join(map(str, g))} for g in all_grids()],
-        "countdown": countdown_train({(tuple(sorted(t["nums"])), t["target"]) for t in tests["countdown"]}, 40000, rng),
+        "countdown": countdown_train({(tuple(sorted(t["nums"])), t["target"]) for t in tests["countdown"]},
+                                     args.countdown_train, rng),
     }
-    with tempfile.TemporaryDirectory(prefix="remask-planning-") as tmp:
-        work = Path(tmp)
+    with work_dir(args.work_dir, "remask-planning-") as work:
         for name, rows in data.items():
             (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         # Both workers at once, on the same load; their progress lines go to this terminal.
-        res = run_workers(__file__, work, ["--work", str(work), "--steps", json.dumps(steps)], logs=False)
+        res = run_workers(__file__, work, [*sys.argv[1:], "--work", str(work), "--steps", json.dumps(steps)],
+                          logs=False)
     wall = time.perf_counter() - t_start
 
     how = {"sudoku": "puzzle -> solution; MDM generates, AR greedy",
            "sudoku-grids": "grids only; givens imposed: MDM infill, AR forced left to right",
            "countdown": "numbers:target -> expression; MDM generates, AR greedy"}
     rows = []
-    for task in TASKS:
+    for task in args.tasks:
         m, a = res["mdm"][task], res["ar"][task]
         ratio = f"{m['accuracy'] / a['accuracy']:.2f}x" if a["accuracy"] > 0 else "n/a (AR 0)"
         rows.append([task, how[task], m["n"], f"{m['accuracy']:.3f} ({m['solved']})",
@@ -344,11 +376,12 @@ def main() -> None:
                  "train s MDM / AR"], rows)
     print(tab)
     samples = "\n".join(f"- {k} {task}: `{s['prompt']}` -> `{s['answer']}`"
-                        for task in TASKS for k in ("mdm", "ar") for s in res[k][task]["samples"][:1])
+                        for task in args.tasks for k in ("mdm", "ar") for s in res[k][task]["samples"][:1])
     const, const_acc = best_constant_answer(tests["countdown"])
+    lrs = ", ".join(f"{t} {float(args.lr.get(t, TASKS[t]['lr'])):g}" for t in args.tasks)
     verdict = "\n".join(f"- {task}: MDM {res['mdm'][task]['accuracy']:.3f} vs AR {res['ar'][task]['accuracy']:.3f}"
                         f" -> {'MDM ahead' if res['mdm'][task]['accuracy'] > res['ar'][task]['accuracy'] else 'AR ahead or tied'}"
-                        for task in TASKS)
+                        for task in args.tasks)
     report = f"""# planning.py: 4x4 Sudoku and Countdown-3, masked diffusion (LLaDA SFT) vs autoregressive
 
 Command: `{command_line()}`
@@ -362,9 +395,9 @@ them: {len(data['sudoku'])} Sudoku puzzles (the 288 grids with {BLANKS[0]}-{BLAN
 puzzle), the 288 complete grids (for `sudoku-grids`), {len(data['countdown'])} Countdown problems (random
 +-*/ expressions over 3 numbers in 1..100 with integer steps, value in 1..100, no test (numbers, target)).
 
-Both models per task: the remask Transformer, d_model 96, 3 layers, 4 heads (about 0.33M parameters),
-byte tokenizer, trained by `remask.sft.sft` on the same jsonl with the same batch (64), step count, lr
-(cosine; 1.5e-3 for `sudoku`, 3e-3 for the others) and time cap. MDM = objective `sft` (LLaDA SFT;
+Both models per task: the remask Transformer, d_model {args.d_model}, {args.n_layer} layers, {args.n_head} heads
+({res['mdm'][args.tasks[0]]['params']:,} parameters), byte tokenizer, on {args.device}, trained by `remask.sft.sft` on
+the same jsonl with the same batch ({args.batch_size}), step count, lr (cosine; {lrs}) and time cap. MDM = objective `sft` (LLaDA SFT;
 bidirectional; mask_eps 0.1), AR = objective `ar` (causal; next-token on the answer). Formats (a short fixed-length answer each):
 
 - `sudoku`: prompt = the puzzle (16 digits, 0 = blank), answer = the solved grid. MDM: generate, one
@@ -394,7 +427,7 @@ First test item per task and model:
     if args.quick:  # a smoke run never overwrites the recorded results
         print(f"quick run done ({wall:.0f} s); results not written")
         return
-    out = RESULTS_DIR / "planning.md"
+    out = args.results
     write_atomic(out, report)
     print(f"wrote {out} ({wall:.0f} s)")
 

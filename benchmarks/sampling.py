@@ -67,8 +67,25 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("dual cache + threshold 0.7", {"cache": "dual", "remasking": "threshold", "threshold": 0.7}),
     ("dual cache + threshold 0.5", {"cache": "dual", "remasking": "threshold", "threshold": 0.5}),
     ("dual cache + threshold 0.3", {"cache": "dual", "remasking": "threshold", "threshold": 0.3}),
+    ("ReMDM re-masking (k 1, below 0.5)", {"remask_committed": 1, "remask_below": 0.5}),
 ]
-RULE_ONLY = {"margin", "entropy", "random"}  # same cost as the reference: skipped at 1024 unless --rules-at-1024
+# The Sudoku task model (planning.py --work-dir DIR keeps it as DIR/mdm-sudoku): the answer is one
+# block of 16 digits + end of turn + EOS, so the caches hold the prompt and the threshold rule may
+# commit several cells per step. Reference: planning.py's decoding (low_confidence, one cell per step).
+TASK_CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("reference (LLaDA)", {}),
+    ("margin", {"remasking": "margin"}),
+    ("entropy", {"remasking": "entropy"}),
+    ("random", {"remasking": "random"}),
+    ("threshold 0.9", {"remasking": "threshold", "threshold": 0.9}),
+    ("threshold 0.7", {"remasking": "threshold", "threshold": 0.7}),
+    ("threshold 0.5", {"remasking": "threshold", "threshold": 0.5}),
+    ("prefix cache", {"cache": "prefix"}),
+    ("dual cache + threshold 0.9", {"cache": "dual", "remasking": "threshold", "threshold": 0.9}),
+    ("dual cache + threshold 0.5", {"cache": "dual", "remasking": "threshold", "threshold": 0.5}),
+    ("ReMDM re-masking (k 1, below 0.5)", {"remask_committed": 1, "remask_below": 0.5}),
+]
+RULE_ONLY = {"margin", "entropy", "random", "ReMDM re-masking (k 1, below 0.5)"}  # same cost as the reference: skipped at 1024 unless --rules-at-1024
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompts", type=int, nargs="+", default=[3, 1], help="prompts per gen length (batch 1 each)")
     ap.add_argument("--configs", nargs="+", default=None, help="only these configuration names (default: all)")
     ap.add_argument("--rules-at-1024", action="store_true", help="also time margin/entropy/random at long lengths")
+    ap.add_argument("--sudoku", type=Path, help="also score every setting on the 500 4x4 Sudoku test puzzles with "
+                                                "this task MDM (planning.py --work-dir DIR: DIR/mdm-sudoku)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward (warm-up run not timed)")
@@ -221,6 +240,51 @@ def benchmark(args: argparse.Namespace, model: Any, judge: Any, tok: Any, val: A
     return results
 
 
+def task_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Exact-solution accuracy, forward passes and tokens/s of every TASK_CONFIGS setting on the
+    Sudoku test set, one puzzle at a time (so passes are per puzzle, as in the text table)."""
+    import planning
+    from remask.chat import prompt_ids
+    from remask.sampling import SampleConfig, generate
+    from remask.train.checkpoint import load_model
+
+    model, tok = load_model(args.sudoku, args.device)
+    items = planning.load_tests()["sudoku"]
+    n = planning.TASKS["sudoku"]["answer"]
+    prompts = [prompt_ids(tok, it["prompt"]) for it in items]
+    device = next(model.parameters()).device
+    rows = []
+    for name, overrides in TASK_CONFIGS:
+        cfg = SampleConfig(gen_length=n + 2, steps=n + 2, temperature=0.0, early_stop=False, dtype=args.dtype,
+                           **overrides)
+        solved, forwards, cpu, seconds = 0, 0, 0.0, 0.0
+        for prompt, item in zip(prompts, items):
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = generate(model, [prompt], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id)
+            sync(device)
+            seconds += time.perf_counter() - t0
+            cpu += time.process_time() - c0
+            forwards += out.n_forward
+            solved += planning.score("sudoku", tok.decode(out.tokens[0, :n].tolist(), skip_special_tokens=True), item)
+        clock = cpu if device.type == "cpu" else seconds
+        rows.append({"name": name, "tok_s": len(items) * (n + 2) / clock, "forwards": forwards / len(items),
+                     "accuracy": solved / len(items), "solved": solved, "n": len(items)})
+        print(f"sudoku {name:30s} {rows[-1]['tok_s']:9.1f} tok/s  {rows[-1]['forwards']:5.2f} passes  "
+              f"accuracy {rows[-1]['accuracy']:.3f}", flush=True)
+    return rows
+
+
+def task_report(rows: list[dict[str, Any]], ckpt: Path) -> str:
+    ref = rows[0]
+    body = [[r["name"], f"{r['tok_s']:,.1f}", f"{r['tok_s'] / ref['tok_s']:.2f}x", f"{r['forwards']:.2f}",
+             f"{r['accuracy']:.3f} ({r['solved']}/{r['n']})", ratio(r["accuracy"], ref["accuracy"])] for r in rows]
+    headers = ["setting", "tokens/s", "speedup", "forward passes / puzzle", "exact accuracy", "accuracy / ref"]
+    return (f"## Task accuracy: 4x4 Sudoku\n\nThe Sudoku MDM of `benchmarks/planning.py` (`{ckpt}`), d1's 500 test "
+            f"puzzles one at a time, answer = 16 digits + end of turn + EOS in one block, steps = 18, "
+            f"temperature 0. Exact = a valid grid that keeps every given.\n\n{table(headers, body)}\n")
+
+
 # ----------------------------------------------------------------------------- report
 
 def ratio(a: float, b: float) -> str:
@@ -323,7 +387,10 @@ def main() -> None:
         info = {"mdm": describe(model, trained.get("mdm")), "judge": describe(judge, trained.get("ar")),
                 "data": data_line}
         results = benchmark(args, model, judge, tok, TokenData(work / "data", "val"))
-    publish(report(args, results, info), args.results)
+    text = report(args, results, info)
+    if args.sudoku is not None:
+        text += "\n" + task_report(task_benchmark(args), args.sudoku)
+    publish(text, args.results)
 
 
 if __name__ == "__main__":

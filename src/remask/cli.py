@@ -129,6 +129,10 @@ def add_sampler_args(p: argparse.ArgumentParser, *, prompt: bool = True) -> None
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--show-steps", action="store_true", help="animate the denoising in the terminal")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--remask-committed", type=int, default=0, metavar="K",
+                   help="ReMDM-style: re-mask up to K doubtful tokens committed earlier in the block per step (0: off)")
+    p.add_argument("--remask-below", type=float, default=0.5,
+                   help="re-mask only committed tokens whose current confidence is below this")
 
 
 def sample_config(args: argparse.Namespace, gen_length: int | None = None) -> Any:
@@ -141,7 +145,9 @@ def sample_config(args: argparse.Namespace, gen_length: int | None = None) -> An
                         confidence_eos_eot_inf=args.confidence_eos_eot_inf, seed=args.seed,
                         confidence=getattr(args, "confidence", None), threshold=getattr(args, "threshold", 0.9),
                         cache=getattr(args, "cache", "none"), early_stop=getattr(args, "early_stop", True),
-                        dtype=getattr(args, "dtype", "auto"), compile=getattr(args, "compile", False))
+                        dtype=getattr(args, "dtype", "auto"), compile=getattr(args, "compile", False),
+                        remask_committed=getattr(args, "remask_committed", 0),
+                        remask_below=getattr(args, "remask_below", 0.5))
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
@@ -324,6 +330,8 @@ COMMANDS = [
             _lazy("remask.chat", "run")),
     Command("eval", "score a checkpoint: perplexity bound, completion accuracy, multiple choice",
             _lazy("remask.evaluate", "eval_add_args"), _lazy("remask.evaluate", "eval_run")),
+    Command("serve", "serve a checkpoint over HTTP (OpenAI-compatible API)", _lazy("remask.serve", "add_args"),
+            _lazy("remask.serve", "run")),
 ]
 
 

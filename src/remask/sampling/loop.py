@@ -14,7 +14,9 @@ mask tokens. The generated region is cut into blocks of ``block_length``, filled
    commits the schedule's number (``schedule.num_transfer_tokens``) with the highest scores, or,
    for ``threshold``, every one at least that sure; the rest stay masked ("remasked").
 
-Committed and prompt tokens never change again. ``denoise`` is the loop itself, a generator of
+Committed and prompt tokens never change again, unless ReMDM-style re-masking is on
+(``remask_committed``, see ``remdm.py``): then a doubtful token committed earlier in the current
+block may go back to the mask and be predicted again. ``denoise`` is the loop itself, a generator of
 ``StepEvent``s; ``generate_stream`` (events) and ``generate`` (the result) put a prompt before new text,
 ``infill.infill`` fills holes inside fixed text. Speed-ups, each off or on in ``SampleConfig``:
 parallel decoding (``remasking="threshold"``), approximate K/V caches (``cache``, see
@@ -34,6 +36,7 @@ from torch import Tensor
 from remask.config import check, option
 from remask.errors import RemaskError
 from remask.sampling.cache import CACHE_MODES, DTYPES, BlockForward
+from remask.sampling.remdm import pick_remasks, remaskable
 from remask.sampling.rules import CONFIDENCES, NEG_INF, RULES, demote, measure_name, top_k
 from remask.sampling.schedule import num_transfer_tokens
 
@@ -63,6 +66,10 @@ class SampleConfig:
                               True)
     dtype: str = option("forward-pass precision: auto (bf16 on CUDA), float32 or bfloat16", "auto")
     compile: bool = option("torch.compile the model's forward pass (pays off on GPU for repeated calls)", False)
+    remask_committed: int = option("ReMDM-style re-masking: at most this many tokens committed earlier in the block "
+                                   "go back to the mask per step (0: off, LLaDA's commits are final)", 0)
+    remask_below: float = option("re-masking: only committed tokens whose current confidence is below this "
+                                 "(same measure as the commits)", 0.5)
 
     def __post_init__(self) -> None:
         check(self.gen_length > 0, f"--gen-length must be positive, got {self.gen_length}")
@@ -90,6 +97,13 @@ class SampleConfig:
         check(self.cache in CACHE_MODES, f"--cache {self.cache!r} is not a cache mode; choose one of: "
                                          f"{', '.join(CACHE_MODES)}")
         check(self.dtype in DTYPES, f"--dtype {self.dtype!r} must be one of: {', '.join(DTYPES)}")
+        check(self.remask_committed >= 0, f"--remask-committed must be >= 0 (0 turns re-masking off), "
+                                          f"got {self.remask_committed}")
+        check(0 < self.remask_below <= 1, f"--remask-below must be in (0, 1] (confidences are probabilities), "
+                                          f"got {self.remask_below}")
+        check(self.remask_committed == 0 or self.steps // blocks >= 2,
+              f"--remask-committed needs at least 2 steps per block (a block's last step never re-masks), got "
+              f"--steps {self.steps} for {blocks} block(s); raise --steps or set --remask-committed 0")
 
     @property
     def num_blocks(self) -> int:
@@ -109,6 +123,12 @@ class StepEvent:
     n_forward: int  # network evaluations so far (a CFG step counts 2)
     early_exit: bool = False  # some row's answer ended here: its remaining masks were filled with EOS
     n_forward_saved: int = 0  # set on the last event when early exit ended the run: scheduled passes skipped
+    remasked: Tensor | None = None  # (B, L) bool, committed positions sent back to the mask at this step
+    # (``SampleConfig.remask_committed``; ``denoise`` always sets it, all False when re-masking is off)
+
+    def remasks(self, row: int = 0) -> list[int]:
+        """Positions of ``row`` re-masked at this step (their canvas entry is the mask again), left to right."""
+        return [] if self.remasked is None else self.remasked[row].nonzero().flatten().tolist()
 
     def commits(self, row: int = 0) -> list[tuple[int, int, float]]:
         """(position, token, confidence) of every commit of ``row`` at this step, left to right."""
@@ -174,6 +194,12 @@ def denoise(
     gen_length and block_length. Host synchronisation happens between steps only: once per
     block (schedule, early exit) and, for a rule that may beat its budget (threshold), once per
     step to stop when the block is full.
+
+    With ``cfg.remask_committed`` (ReMDM-style, ``remdm.py``) each step but a block's last also
+    returns up to that many doubtful tokens committed by earlier steps of the block to the mask
+    (``StepEvent.remasked``) and adds them to the block's remaining schedule: the block still
+    ends fully committed, with as many forward passes as without re-masking for the
+    fixed-budget rules and at most as many (``sum`` of the planned steps) for ``threshold``.
     """
     B, L = canvas.shape
     device = canvas.device
@@ -196,6 +222,7 @@ def denoise(
     ending_ids = torch.tensor([eos_id] + ([eot_id] if eot_id is not None else []), device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     column = torch.arange(L, device=device)  # (L,)
+    remdm = cfg.remask_committed > 0
 
     x = torch.where(editable, mask_id, canvas)  # (B, L) x_t: the current canvas
     masked = editable.clone()  # (B, L) still-masked positions
@@ -215,10 +242,12 @@ def denoise(
                 finished = not bool(masked.any())
                 yield StepEvent(step=b * steps_per_block, block=b, canvas=x.clone(), committed=fill,
                                 confidence=torch.full((B, L), NEG_INF, device=device), n_forward=n_forward,
-                                early_exit=True, n_forward_saved=sum(planned[b:]) * passes if finished else 0)
+                                early_exit=True, n_forward_saved=sum(planned[b:]) * passes if finished else 0,
+                                remasked=torch.zeros_like(fill))
                 if finished:
                     return
         schedule = num_transfer_tokens(masked[:, start:end].sum(-1), steps_per_block)  # (B, steps_per_block)
+        held = torch.zeros_like(masked[:, start:end])  # (B, W) committed by this block's rule so far (ReMDM)
         for i in range(planned[b]):
             if adaptive and i > 0 and not bool(masked[:, start:end].any()):
                 break  # threshold filled the block early; its remaining steps are not needed
@@ -241,6 +270,19 @@ def denoise(
             if cfg.confidence_eos_eot_inf:  # EOS/EOT drawn (not just argmax): commit them last
                 order = demote(confidence, torch.isin(x0, ending_ids))
             commit = rule(order, schedule[:, i], cfg.threshold)  # (B, W)
+            remasked = torch.zeros_like(masked)  # (B, L)
+            left = planned[b] - 1 - i  # steps of this block after this one
+            if remdm and left > 0:  # ReMDM: doubt earlier commits, scored on the same logits, before writing
+                eligible = remaskable(held, masked, column[start:end])  # (B, W)
+                doubt = measure(lb, xb, eligible, generator)  # (B, W) confidence in the committed token
+                back = pick_remasks(doubt, eligible, cfg.remask_committed, cfg.remask_below)  # (B, W)
+                # the re-masked tokens join the remaining budget, spread over the steps left (front first)
+                schedule[:, i + 1:i + 1 + left] += num_transfer_tokens(back.sum(-1), left)
+                held = held & ~back
+                remasked[:, start:end] = back
+                xb = torch.where(back, mask_id, xb)
+                mb = mb | back
+            held = held | commit
             x[:, start:end] = torch.where(commit, x0, xb)
             masked[:, start:end] = mb & ~commit
             committed[:, start:end] |= commit
@@ -249,7 +291,8 @@ def denoise(
             finished = exited and not bool(masked.any())
             saved = (planned[b] - 1 + sum(planned[b + 1:])) * passes if finished else 0
             yield StepEvent(step=b * steps_per_block + i, block=b, canvas=x.clone(), committed=committed,
-                            confidence=scores, n_forward=n_forward, early_exit=exited, n_forward_saved=saved)
+                            confidence=scores, n_forward=n_forward, early_exit=exited, n_forward_saved=saved,
+                            remasked=remasked)
             if finished:
                 return
 

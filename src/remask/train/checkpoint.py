@@ -57,7 +57,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.exists():
         raise RemaskError(f"checkpoint '{p}' does not exist; pass the run directory written by `remask train`")
     raise RemaskError(f"'{p}' is not a remask checkpoint (no model.safetensors + config.json); "
-                      "pass a directory written by `remask train` or `remask convert`")
+                      "pass a directory written by `remask train` or `remask sft`")
 
 
 def guard_run_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
