@@ -3,6 +3,7 @@
     python benchmarks/sampling.py                          # trains both models, then samples (~10 min, 2 cores)
     python benchmarks/sampling.py --ckpt runs/mdm --judge runs/ar   # reuse trained checkpoints
     python benchmarks/sampling.py --device cuda --dtype bfloat16    # GPU (see gpu_sampling.sh)
+    python benchmarks/sampling.py ... --sudoku DIR/mdm-sudoku   # + task accuracy (planning.py --work-dir DIR)
 
 1. Data: char-level tinyshakespeare from ../shared/data when present, else remask's built-in
    corpus; byte tokenizer; the last 10% held out.

@@ -229,6 +229,7 @@ def test_ar_checkpoint_is_served_with_ar_decoding(tmp_path, monkeypatch):
     assert body["choices"][0]["text"] == expected and body["usage"]["forward_passes"] == out.n_forward
     events = sse(client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 12, "stream": True}))
     assert "".join(c["choices"][0]["text"] for c in events[:-1]) == expected
+    assert sum(bool(c["choices"][0]["text"]) for c in events[:-1]) > 1  # token by token, not in one piece
     r = client.post("/v1/completions", json={"prompt": "hello", "steps": 4})
     assert r.status_code == 400 and "autoregressive" in r.json()["error"]["message"]
 

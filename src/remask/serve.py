@@ -17,7 +17,7 @@ server's steps per token. ``usage`` also counts the forward passes (``forward_pa
 Every answer, streamed or not, is the stable prefix of the canvas (``stream.TextDeltas``): the
 text before the first mask, cut at the first EOS/EOT, then at the first ``stop`` string. A stream
 sends it as it grows, one SSE ``data:`` chunk per delta; once every row has hit a stop string the
-remaining steps are skipped. AR checkpoints decode with ``sampling.ar`` and stream in one piece.
+remaining steps are skipped. AR checkpoints decode with ``sampling.ar.ar_stream``, a token per step.
 
 The model runs one thing at a time, in a worker thread, so the event loop keeps answering
 (``/health`` reports ``busy``) during a generation: a request holds the lock for its whole
@@ -251,10 +251,10 @@ class Engine:
                 for e in events)
 
     def _ar(self, job: Job) -> Steps:
-        from remask.sampling.ar import ar_generate
+        from remask.sampling.ar import ar_stream
 
-        out = ar_generate(self.model, job.prompts, job.cfg, eos_id=self.tok.eos_id, mask_id=self.tok.mask_id)
-        yield out.tokens, out.n_forward, 0  # one "step": the finished answers
+        steps = ar_stream(self.model, job.prompts, job.cfg, eos_id=self.tok.eos_id, mask_id=self.tok.mask_id)
+        return ((s.tokens, s.n_forward, s.n_forward_saved) for s in steps)  # one step per token
 
     def pieces(self, job: Job, steps: Steps) -> Generator[tuple[int, str] | Result, None, None]:
         """Drive ``steps``: yield (row, newly final text) as each row's stable prefix grows, then the Result."""

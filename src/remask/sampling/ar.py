@@ -1,8 +1,12 @@
-"""Autoregressive decoding for the ``causal=True`` baseline: left to right, one token per pass."""
+"""Autoregressive decoding for the ``causal=True`` baseline: left to right, one token per pass.
+
+``ar_stream`` yields after every token (what a server streams); ``ar_generate`` runs it to the end.
+Decoding stops once every row has produced EOS (``early_stop``); the columns after it hold EOS.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +25,7 @@ class ARSampleConfig:
     seed: int = option("seed of the sampling generator", 0)
     kv_cache: bool = option("reuse the keys/values of earlier tokens (exact for a causal model; one new "
                             "column per pass instead of the whole prefix)", True)
+    early_stop: bool = option("stop once every row has produced EOS (the rest is EOS)", True)
 
     def __post_init__(self) -> None:
         check(self.max_new_tokens > 0, f"--gen-length must be positive, got {self.max_new_tokens}")
@@ -31,8 +36,20 @@ class ARSampleConfig:
 
 @dataclass
 class ARGeneration:
-    tokens: Tensor  # (B, max_new_tokens)
+    tokens: Tensor  # (B, max_new_tokens): generated ids; after early stop, EOS to the end
     n_forward: int
+    n_forward_saved: int = 0  # passes early stop skipped
+
+
+@dataclass
+class ARStep:
+    """The state after one token: ``tokens`` (B, max_new_tokens) holds the ids so far and ``pending``
+    (``mask_id``, else EOS) in the columns not yet decoded; ``position`` is the column just written."""
+
+    position: int
+    tokens: Tensor
+    n_forward: int
+    n_forward_saved: int = 0  # set on the last step when early stop ended the run
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -48,24 +65,38 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Ten
     return logits
 
 
-@torch.inference_mode()
 def ar_generate(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampleConfig, *, eos_id: int,
                 mask_id: int | None = None) -> ARGeneration:
-    """Decode left to right. Prompts of different lengths are left-padded with an attention mask.
+    """Decode left to right (``ar_stream`` run to its end) -> the generated tokens and the cost."""
+    *_, last = ar_stream(model, prompts, cfg, eos_id=eos_id, mask_id=mask_id)  # max_new_tokens > 0: >= 1 step
+    return ARGeneration(last.tokens, last.n_forward, last.n_forward_saved)
+
+
+def ar_stream(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampleConfig, *, eos_id: int,
+              mask_id: int | None = None) -> Iterator[ARStep]:
+    """Decode left to right, yielding an ``ARStep`` after every token. Prompts of different lengths
+    are left-padded with an attention mask; ``mask_id`` is never produced.
 
     With ``cfg.kv_cache`` (and a model with ``new_cache``) the prompt is run once and every
     later pass feeds only the newest token against the stored keys/values: the causal model's
     earlier columns never change, so this is exact (equal to recomputing, up to float rounding).
+    The prompts are checked here, before the first step.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise RemaskError("every prompt needs at least one token (e.g. the EOS id as a document start)")
-    device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     limit = getattr(getattr(model, "cfg", None), "max_seq_len", None)
     if limit is not None and width + cfg.max_new_tokens > limit:
         raise RemaskError(f"prompt ({width} tokens) + --gen-length {cfg.max_new_tokens} exceeds the model context "
                           f"of {limit} tokens; shorten the prompt or lower --gen-length")
+    return _decode(model, prompts, cfg, width, eos_id=eos_id, mask_id=mask_id)
+
+
+@torch.inference_mode()
+def _decode(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampleConfig, width: int, *, eos_id: int,
+            mask_id: int | None) -> Iterator[ARStep]:
     total = width + cfg.max_new_tokens
+    device = next(model.parameters()).device
     x = torch.full((len(prompts), total), eos_id, dtype=torch.long, device=device)  # (B, total)
     attn = torch.zeros_like(x, dtype=torch.bool)
     for i, p in enumerate(prompts):
@@ -75,6 +106,8 @@ def ar_generate(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampl
     causal = getattr(getattr(model, "cfg", None), "causal", False)  # a cache is only exact for a causal model
     cache = model.new_cache(total) if cfg.kv_cache and causal and callable(getattr(model, "new_cache", None)) else None
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    pending = eos_id if mask_id is None else mask_id
+    ended = torch.zeros(len(prompts), dtype=torch.bool, device=device)  # (B,) produced EOS already
     for t in range(width, total):
         mask = attn[:, :t] if padded else None
         if cache is None:
@@ -90,5 +123,12 @@ def ar_generate(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampl
         else:
             probs = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-        x[:, t] = nxt
-    return ARGeneration(x[:, width:], cfg.max_new_tokens)
+        x[:, t] = torch.where(ended, eos_id, nxt)  # after its EOS a row only pads
+        ended |= nxt == eos_id
+        stop = cfg.early_stop and t + 1 < total and bool(ended.all())  # one host sync per token
+        tokens = x[:, width:].clone()  # (B, max_new_tokens)
+        if not stop:
+            tokens[:, t + 1 - width:] = pending
+        yield ARStep(t - width, tokens, t + 1 - width, total - t - 1 if stop else 0)
+        if stop:
+            return
