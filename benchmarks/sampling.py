@@ -68,6 +68,7 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("dual cache + threshold 0.7", {"cache": "dual", "remasking": "threshold", "threshold": 0.7}),
     ("dual cache + threshold 0.5", {"cache": "dual", "remasking": "threshold", "threshold": 0.5}),
     ("dual cache + threshold 0.3", {"cache": "dual", "remasking": "threshold", "threshold": 0.3}),
+    ("dual cache, refresh every 8 steps", {"cache": "dual", "cache_refresh": 8}),
     ("ReMDM re-masking (k 1, below 0.5)", {"remask_committed": 1, "remask_below": 0.5}),
 ]
 # The Sudoku task model (planning.py --work-dir DIR keeps it as DIR/mdm-sudoku): the answer is one
@@ -82,6 +83,9 @@ TASK_CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("prefix cache", {"cache": "prefix"}),
     ("dual cache + threshold 0.99", {"cache": "dual", "remasking": "threshold", "threshold": 0.99}),
     ("dual cache + threshold 0.9", {"cache": "dual", "remasking": "threshold", "threshold": 0.9}),
+    ("prefix cache, refresh every 3 steps", {"cache": "prefix", "cache_refresh": 3}),
+    ("dual cache + threshold 0.99, refresh every 2", {"cache": "dual", "cache_refresh": 2, "remasking": "threshold",
+                                                      "threshold": 0.99}),
     ("ReMDM re-masking (k 1, below 0.5)", {"remask_committed": 1, "remask_below": 0.5}),
 ]
 RULE_ONLY = {"margin", "entropy", "random", "ReMDM re-masking (k 1, below 0.5)"}  # same cost as the reference: skipped at 1024 unless --rules-at-1024

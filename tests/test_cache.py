@@ -107,6 +107,35 @@ def test_first_step_of_every_block_is_exact(mode):
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cache_refresh_makes_every_nth_step_exact(mode):
+    # cache_refresh 2: steps 0 and 2 of every 4-step block are full passes (exact), 1 and 3 cached;
+    # refresh 1 recomputes every step, so it equals the uncached run step for step.
+    model = _model()
+    prompt, P = [1, 2, 3, 4], 4
+    cfg = SampleConfig(gen_length=16, steps=16, block_length=8, cache=mode, cache_refresh=2, early_stop=False)
+    _, events = _run(model, [prompt], cfg)
+    before = torch.tensor([prompt + [MASK] * 16])
+    stale = 0.0
+    for ev in events:
+        cols = slice(P + 8 * ev.block, P + 8 * (ev.block + 1))
+        exact = _step_confidence(model, before, None, cols)
+        if ev.step % 2 == 0:
+            torch.testing.assert_close(ev.confidence[:, cols], exact)
+        else:
+            stale = max(stale, float((ev.confidence[:, cols] - exact).nan_to_num(0).abs().max()))
+        before = ev.canvas
+    assert stale > 0  # the other steps really are cached
+    base = dict(gen_length=16, steps=16, block_length=8, early_stop=False)
+    ref, ref_events = _run(model, [prompt], SampleConfig(**base))
+    every, every_events = _run(model, [prompt], SampleConfig(**base, cache=mode, cache_refresh=1))
+    assert torch.equal(every, ref)
+    for a, b in zip(every_events, ref_events):
+        torch.testing.assert_close(a.confidence, b.confidence)
+    with pytest.raises(RemaskError, match="cache-refresh must be >= 0"):
+        SampleConfig(cache=mode, cache_refresh=-1)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
 @pytest.mark.parametrize("block_length", [16, 4])
 def test_one_layer_caches_are_exact(mode, block_length):
     # With one layer a column's keys/values depend on its own token only. The prefix cache holds

@@ -117,6 +117,8 @@ def add_sampler_args(p: argparse.ArgumentParser, *, prompt: bool = True) -> None
     p.add_argument("--threshold", type=float, default=0.9, help="threshold rule: commit tokens this confident")
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
                    help="approximate K/V cache of the semi-autoregressive loop (none: exact)")
+    p.add_argument("--cache-refresh", type=int, default=0, metavar="N",
+                   help="with --cache: recompute the whole canvas every N steps of a block too (0: block starts only)")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
                    help="denoise every block even after the answer has ended in EOS")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -144,7 +146,7 @@ def sample_config(args: argparse.Namespace, gen_length: int | None = None) -> An
                         cfg_scale=args.cfg_scale, logits_eos_inf=args.logits_eos_inf,
                         confidence_eos_eot_inf=args.confidence_eos_eot_inf, seed=args.seed,
                         confidence=getattr(args, "confidence", None), threshold=getattr(args, "threshold", 0.9),
-                        cache=getattr(args, "cache", "none"), early_stop=getattr(args, "early_stop", True),
+                        cache=getattr(args, "cache", "none"), cache_refresh=getattr(args, "cache_refresh", 0), early_stop=getattr(args, "early_stop", True),
                         dtype=getattr(args, "dtype", "auto"), compile=getattr(args, "compile", False),
                         remask_committed=getattr(args, "remask_committed", 0),
                         remask_below=getattr(args, "remask_below", 0.5))

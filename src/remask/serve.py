@@ -47,7 +47,7 @@ log = logging.getLogger("remask.serve")
 MISSING_EXTRA = "remask serve needs the serve extra: pip install 'remask[serve]'"
 # Request keys that set the SampleConfig field of the same name (diffusion checkpoints).
 DIFFUSION_FIELDS: dict[str, type] = {
-    "steps": int, "block_length": int, "remasking": str, "confidence": str, "threshold": float, "cache": str,
+    "steps": int, "block_length": int, "remasking": str, "confidence": str, "threshold": float, "cache": str, "cache_refresh": int,
     "cfg_scale": float, "logits_eos_inf": bool, "confidence_eos_eot_inf": bool, "early_stop": bool,
     "remask_committed": int, "remask_below": float}
 AR_FIELDS: dict[str, type] = {"top_k": int, "top_p": float}

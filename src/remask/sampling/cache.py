@@ -12,7 +12,9 @@ what the approximate caches of Fast-dLLM (Wu et al. 2025, section 3.2) exploit:
 * ``dual``: the later steps run only the block itself, against the stored prefix *and* suffix.
 
 The first step of every block is a full forward pass in every mode, so it is exact; the
-stored entries are refreshed there. Classifier-free guidance runs the doubled batch
+stored entries are refreshed there. ``SampleConfig.cache_refresh = N`` also refreshes them every
+N steps inside a block: an answer that is one long block (a Sudoku grid) otherwise keeps the
+prompt's entries from its first, all-masked step to the end. Classifier-free guidance runs the doubled batch
 [conditional; unconditional] through one cache. bf16 autocast wraps the forward only; the
 sampler's arithmetic stays in float32/float64.
 """

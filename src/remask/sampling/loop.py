@@ -61,6 +61,8 @@ class SampleConfig:
                                     "(None: the rule's namesake; low_confidence for threshold)", None)
     threshold: float = option("remasking=threshold: commit every masked token whose confidence >= this", 0.9)
     cache: str = option("approximate K/V cache: none (exact), prefix, or dual (prefix and suffix)", "none")
+    cache_refresh: int = option("with a cache: also recompute the whole canvas every this many steps of a block "
+                                "(0: only at each block's first step, as Fast-dLLM)", 0)
     early_stop: bool = option("stop once the answer has ended: a block committed entirely as EOS, or a block "
                               "ending in EOS with EOS predicted for the whole rest; the rest is filled with EOS",
                               True)
@@ -97,6 +99,8 @@ class SampleConfig:
         check(self.cache in CACHE_MODES, f"--cache {self.cache!r} is not a cache mode; choose one of: "
                                          f"{', '.join(CACHE_MODES)}")
         check(self.dtype in DTYPES, f"--dtype {self.dtype!r} must be one of: {', '.join(DTYPES)}")
+        check(self.cache_refresh >= 0, f"--cache-refresh must be >= 0 (0: refresh only at block starts), "
+                                       f"got {self.cache_refresh}")
         check(self.remask_committed >= 0, f"--remask-committed must be >= 0 (0 turns re-masking off), "
                                           f"got {self.remask_committed}")
         check(0 < self.remask_below <= 1, f"--remask-below must be in (0, 1] (confidences are probabilities), "
@@ -251,7 +255,8 @@ def denoise(
         for i in range(planned[b]):
             if adaptive and i > 0 and not bool(masked[:, start:end].any()):
                 break  # threshold filled the block early; its remaining steps are not needed
-            logits, offset = forward(x, start, end, first=i == 0)  # (B, W, V) covering [start, end)
+            refresh = i == 0 or (cfg.cache_refresh > 0 and i % cfg.cache_refresh == 0)  # a full, exact pass
+            logits, offset = forward(x, start, end, first=refresh)  # (B, W, V) covering [start, end)
             n_forward += passes
             logits = logits.index_fill(-1, banned_ids, NEG_INF)
             committed = torch.zeros_like(masked)  # (B, L)
