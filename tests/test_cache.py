@@ -86,44 +86,39 @@ def _step_confidence(model: nn.Module, canvas: Tensor, attn: Tensor | None, cols
         return low_confidence(logits, logits.argmax(-1), masked, None)
 
 
-@pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_first_step_of_every_block_is_exact(mode):
-    model = _model()
-    prompt, P = [1, 2, 3, 4], 4
-    cfg = SampleConfig(gen_length=16, steps=8, block_length=4, cache=mode, early_stop=False)
+def _full_steps_exact(model: nn.Module, prompt: list[int], cfg: SampleConfig, full: int) -> float:
+    """Run ``cfg``; every step whose index is a multiple of ``full`` must equal the uncached
+    confidences of its block. -> the largest deviation seen on the other (cached) steps."""
     tokens, events = _run(model, [prompt], cfg)
-    before = torch.tensor([prompt + [MASK] * 16])
-    approximate = 0.0
-    for ev in events:
-        cols = slice(P + 4 * ev.block, P + 4 * (ev.block + 1))
-        exact = _step_confidence(model, before, None, cols)
-        if ev.step % 2 == 0:  # a block's first step: a full forward pass
-            torch.testing.assert_close(ev.confidence[:, cols], exact)
-        else:
-            approximate = max(approximate, float((ev.confidence[:, cols] - exact).nan_to_num(0).abs().max()))
-        before = ev.canvas
-    assert not (tokens == MASK).any()
-    assert approximate > 0  # later steps really use stale entries (2 layers: not exact)
-
-
-@pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_cache_refresh_makes_every_nth_step_exact(mode):
-    # cache_refresh 2: steps 0 and 2 of every 4-step block are full passes (exact), 1 and 3 cached;
-    # refresh 1 recomputes every step, so it equals the uncached run step for step.
-    model = _model()
-    prompt, P = [1, 2, 3, 4], 4
-    cfg = SampleConfig(gen_length=16, steps=16, block_length=8, cache=mode, cache_refresh=2, early_stop=False)
-    _, events = _run(model, [prompt], cfg)
-    before = torch.tensor([prompt + [MASK] * 16])
+    P, W = len(prompt), cfg.block_length
+    before = torch.tensor([prompt + [MASK] * cfg.gen_length])
     stale = 0.0
     for ev in events:
-        cols = slice(P + 8 * ev.block, P + 8 * (ev.block + 1))
+        cols = slice(P + W * ev.block, P + W * (ev.block + 1))
         exact = _step_confidence(model, before, None, cols)
-        if ev.step % 2 == 0:
+        if ev.step % full == 0:  # a full forward pass
             torch.testing.assert_close(ev.confidence[:, cols], exact)
         else:
             stale = max(stale, float((ev.confidence[:, cols] - exact).nan_to_num(0).abs().max()))
         before = ev.canvas
+    assert not (tokens == MASK).any()
+    return stale
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_first_step_of_every_block_is_exact(mode):
+    cfg = SampleConfig(gen_length=16, steps=8, block_length=4, cache=mode, early_stop=False)  # 2 steps a block
+    stale = _full_steps_exact(_model(), [1, 2, 3, 4], cfg, full=2)
+    assert stale > 0  # later steps really use stale entries (2 layers: not exact)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cache_refresh_makes_every_nth_step_exact(mode):
+    # 8 steps a block, refresh 2: steps 0, 2, 4, 6 of each block are full passes, the others cached;
+    # refresh 1 recomputes every step, so it equals the uncached run step for step.
+    model, prompt = _model(), [1, 2, 3, 4]
+    cfg = SampleConfig(gen_length=16, steps=16, block_length=8, cache=mode, cache_refresh=2, early_stop=False)
+    stale = _full_steps_exact(model, prompt, cfg, full=2)
     assert stale > 0  # the other steps really are cached
     base = dict(gen_length=16, steps=16, block_length=8, early_stop=False)
     ref, ref_events = _run(model, [prompt], SampleConfig(**base))
