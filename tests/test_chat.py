@@ -147,3 +147,39 @@ def test_chat_and_generate_chat_commands(tmp_path, monkeypatch, capsys):
     assert main(["chat", *flags]) == 0
     out = capsys.readouterr().out
     assert "temperature=0.7" in out and out.startswith("commands:")
+
+
+class ScriptedAR(torch.nn.Module):
+    """A mock causal model: after a prompt of P tokens, the next token is ``answer[T - P]``."""
+
+    def __init__(self, answer: list[int]) -> None:
+        super().__init__()
+        self.answer, self.prompt_len = answer, None
+        self.w = torch.nn.Parameter(torch.zeros(1))  # gives the decoder a device
+        self.cfg = SimpleNamespace(max_seq_len=512, vocab_size=TOK.vocab_size, causal=True)
+
+    def forward(self, x: torch.Tensor, attn_mask=None) -> torch.Tensor:
+        T = x.shape[1]
+        self.prompt_len = self.prompt_len or T  # the first call sees the prompt alone
+        logits = torch.zeros(*x.shape, TOK.vocab_size)  # (B, T, V)
+        i = T - self.prompt_len
+        logits[:, -1, self.answer[i] if i < len(self.answer) else TOK.eos_id] = 10.0
+        return logits
+
+
+def test_ar_chat_streams_token_by_token_and_stops_at_the_end_of_turn():
+    from remask.sampling.ar import ARSampleConfig
+
+    answer = turn("ok!")  # 3 characters and EOT, then EOS
+    s = ChatSession(ScriptedAR(answer), TOK, ARSampleConfig(max_new_tokens=GEN, kv_cache=False))
+    frames = []
+    assert s.reply("hi", frames.append) == "ok!"
+    P = len(s.history) - len(answer)  # the prompt; history = prompt + answer (EOS padding dropped)
+    assert s.history[P:] == answer
+    # one frame per token until every row has ended (EOS after EOT), each one token longer
+    assert len(frames) == len(answer) + 1 and s.last_n_forward == len(answer) + 1
+    assert s.last_saved == GEN - len(answer) - 1
+    for k, f in enumerate(frames):
+        row = f.canvas[0, P:].tolist()
+        rest = {TOK.eos_id} if k == len(frames) - 1 else {TOK.mask_id}  # early stop pads the end with EOS
+        assert row[:k + 1] == [*answer, TOK.eos_id][:k + 1] and set(row[k + 1:]) <= rest

@@ -78,9 +78,11 @@ class ChatSession:
     def _sample(self, ids: list[int], callback: Callable[[Any], None] | None) -> list[int]:
         tok = self.tok
         if getattr(getattr(self.model, "cfg", None), "causal", False):
-            from remask.sampling.ar import ar_generate
+            from remask.sampling.ar import ar_stream
 
-            out = ar_generate(self.model, [ids], self.cfg, eos_id=tok.eos_id, mask_id=tok.mask_id)
+            for out in ar_stream(self.model, [ids], self.cfg, eos_id=tok.eos_id, mask_id=tok.mask_id):
+                if callback is not None:  # the same live view as denoising: one token per frame
+                    callback(out)
         else:
             from remask.sampling import generate
 

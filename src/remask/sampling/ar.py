@@ -43,13 +43,20 @@ class ARGeneration:
 
 @dataclass
 class ARStep:
-    """The state after one token: ``tokens`` (B, max_new_tokens) holds the ids so far and ``pending``
-    (``mask_id``, else EOS) in the columns not yet decoded; ``position`` is the column just written."""
+    """The state after one token: ``canvas`` (B, width + max_new_tokens) is the left-padded prompts
+    and the ids so far, with ``mask_id`` (else EOS) in the columns not yet decoded, as a diffusion
+    ``StepEvent.canvas`` shows them; ``position`` is the generated column just written."""
 
     position: int
-    tokens: Tensor
+    canvas: Tensor
     n_forward: int
     n_forward_saved: int = 0  # set on the last step when early stop ended the run
+    width: int = 0  # prompt columns: the answer is canvas[:, width:]
+
+    @property
+    def tokens(self) -> Tensor:
+        """(B, max_new_tokens) the generated columns."""
+        return self.canvas[:, self.width:]
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -126,9 +133,9 @@ def _decode(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampleCon
         x[:, t] = torch.where(ended, eos_id, nxt)  # after its EOS a row only pads
         ended |= nxt == eos_id
         stop = cfg.early_stop and t + 1 < total and bool(ended.all())  # one host sync per token
-        tokens = x[:, width:].clone()  # (B, max_new_tokens)
+        canvas = x.clone()  # (B, total)
         if not stop:
-            tokens[:, t + 1 - width:] = pending
-        yield ARStep(t - width, tokens, t + 1 - width, total - t - 1 if stop else 0)
+            canvas[:, t + 1:] = pending
+        yield ARStep(t - width, canvas, t + 1 - width, total - t - 1 if stop else 0, width)
         if stop:
             return
