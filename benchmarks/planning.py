@@ -50,8 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from common import (
-    RESULTS_DIR,
     add_model_args,
+    add_worker_args,
     command_line,
     date,
     machine,
@@ -280,6 +280,11 @@ def decode(task: str, kind: str, model, tok, items: list[dict]) -> list[str]:
     return [tok.decode(r[:n].tolist(), skip_special_tokens=True) for r in rows]
 
 
+def task_lr(args: argparse.Namespace, task: str) -> float:
+    """The task's peak learning rate: ``--lr``'s override, else the task's own."""
+    return float(args.lr.get(task, TASKS[task]["lr"]))
+
+
 def worker(args: argparse.Namespace, steps: dict[str, int]) -> None:
     import torch
 
@@ -287,13 +292,13 @@ def worker(args: argparse.Namespace, steps: dict[str, int]) -> None:
     from remask.sft import sft
     from remask.train import load_model
 
-    kind, work = args.worker, args.work
+    kind, work = args.worker, args.work_dir
     tests = load_tests()
     results = {}
     for task in args.tasks:
         spec = TASKS[task]
         t0 = time.perf_counter()
-        cap, lr = args.time_cap or spec["cap"], float(args.lr.get(task, spec["lr"]))
+        cap, lr = args.time_cap or spec["cap"], task_lr(args, task)
         res = sft(work / f"{spec['data']}.jsonl", work / f"{kind}-{task}",
                   cfg=run_config(args, steps[task], cap, lr, kind == "ar"), template=TEMPLATE,
                   val_fraction=0.0 if task == "sudoku-grids" else 0.01, buckets=1, overwrite=True)
@@ -330,12 +335,7 @@ def main() -> None:
     ap.add_argument("--countdown-train", type=int, default=40000, help="generated Countdown training problems")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both workers share the one GPU)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--results", type=Path, default=RESULTS_DIR / "planning.md", help="Markdown results file")
-    ap.add_argument("--worker", choices=["mdm", "ar"], help=argparse.SUPPRESS)
-    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--work-dir", type=Path, default=None,
-                    help="keep the data and checkpoints here (e.g. for benchmarks/sampling.py --sudoku); "
-                         "default: a temp dir, removed")
+    add_worker_args(ap, "planning")  # --work-dir keeps the checkpoints (DIR/mdm-sudoku: sampling.py --sudoku)
     args = ap.parse_args()
     steps = {t: 20 if args.quick else int(args.steps.get(t, spec["steps"])) for t, spec in TASKS.items()}
     if args.worker:
@@ -358,7 +358,7 @@ def main() -> None:
         for name, rows in data.items():
             (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         # Both workers at once, on the same load; their progress lines go to this terminal.
-        res = run_workers(__file__, work, [*sys.argv[1:], "--work", str(work), "--steps", json.dumps(steps)],
+        res = run_workers(__file__, work, [*sys.argv[1:], "--work-dir", str(work), "--steps", json.dumps(steps)],
                           logs=False)
     wall = time.perf_counter() - t_start
 
@@ -378,7 +378,7 @@ def main() -> None:
     samples = "\n".join(f"- {k} {task}: `{s['prompt']}` -> `{s['answer']}`"
                         for task in args.tasks for k in ("mdm", "ar") for s in res[k][task]["samples"][:1])
     const, const_acc = best_constant_answer(tests["countdown"])
-    lrs = ", ".join(f"{t} {float(args.lr.get(t, TASKS[t]['lr'])):g}" for t in args.tasks)
+    lrs = ", ".join(f"{t} {task_lr(args, t):g}" for t in args.tasks)
     verdict = "\n".join(f"- {task}: MDM {res['mdm'][task]['accuracy']:.3f} vs AR {res['ar'][task]['accuracy']:.3f}"
                         f" -> {'MDM ahead' if res['mdm'][task]['accuracy'] > res['ar'][task]['accuracy'] else 'AR ahead or tied'}"
                         for task in args.tasks)
@@ -427,9 +427,11 @@ First test item per task and model:
     if args.quick:  # a smoke run never overwrites the recorded results
         print(f"quick run done ({wall:.0f} s); results not written")
         return
-    out = args.results
-    write_atomic(out, report)
-    print(f"wrote {out} ({wall:.0f} s)")
+    if str(args.results) == "-":  # add_worker_args: '-' prints the table only
+        print(f"done ({wall:.0f} s); results not written")
+        return
+    write_atomic(args.results, report)
+    print(f"wrote {args.results} ({wall:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -27,12 +27,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +90,8 @@ TASK_CONFIGS: list[tuple[str, dict[str, Any]]] = [
                                                       "threshold": 0.99}),
     ("ReMDM re-masking (k 1, below 0.5)", {"remask_committed": 1, "remask_below": 0.5}),
 ]
-RULE_ONLY = {"margin", "entropy", "random", "ReMDM re-masking (k 1, below 0.5)"}  # same cost as the reference: skipped at 1024 unless --rules-at-1024
+# Same cost as the reference: skipped at 1024 unless --rules-at-1024.
+RULE_ONLY = {"margin", "entropy", "random", "ReMDM re-masking (k 1, below 0.5)"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -190,6 +193,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class Clock:
+    """The seconds spent inside ``with clock():``, summed: wall time (after synchronising a GPU) and
+    this process's CPU time. ``seconds`` is the one speeds are computed from."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.wall, self.cpu = device, 0.0, 0.0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        sync(self.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        yield
+        sync(self.device)
+        self.wall += time.perf_counter() - t0
+        self.cpu += time.process_time() - c0
+
+    @property
+    def seconds(self) -> float:
+        # On a shared CPU, wall time swings with other processes' load; with one thread, CPU time of
+        # this process does not, so CPU speedups come from it (GPU: wall time after synchronising).
+        return self.cpu if self.device.type == "cpu" else self.wall
+
+
 def run_setting(model: Any, judge: Any, tok: Any, pairs: list[tuple[list[int], list[int]]], gen: int,
                 overrides: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     from remask.sampling import SampleConfig, generate
@@ -199,23 +225,17 @@ def run_setting(model: Any, judge: Any, tok: Any, pairs: list[tuple[list[int], l
     device = next(model.parameters()).device
     if args.compile:  # compile (and warm up every shape) outside the timed region
         generate(model, [pairs[0][0]], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id)
-    seconds, cpu, forwards, nll, count, ent, samples = 0.0, 0.0, 0, 0.0, 0, 0.0, []
+    clock, forwards, nll, count, ent, samples = Clock(device), 0, 0.0, 0, 0.0, []
     for prompt, _ in pairs:
-        sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = generate(model, [prompt], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id)
-        sync(device)
-        seconds += time.perf_counter() - t0
-        cpu += time.process_time() - c0
+        with clock():
+            out = generate(model, [prompt], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id)
         forwards += out.n_forward
         sample = out.tokens[0].tolist()
         s, c = judge_nll(judge, prompt + sample, len(prompt))
         nll, count, ent = nll + s, count + c, ent + unigram_entropy(sample)
         samples.append(tok.decode(sample, skip_special_tokens=True))
-    # On a shared CPU, wall time swings with other processes' load; with one thread, CPU time of
-    # this process does not, so CPU speedups come from it (GPU: wall time after synchronising).
-    clock = cpu if device.type == "cpu" else seconds
-    return {"tok_s": len(pairs) * gen / clock, "wall_tok_s": len(pairs) * gen / seconds, "seconds": seconds,
+    return {"tok_s": len(pairs) * gen / clock.seconds, "wall_tok_s": len(pairs) * gen / clock.wall,
+            "seconds": clock.wall,
             "forwards": forwards / len(pairs),
             "ppl": math.exp(nll / count), "entropy": ent / len(pairs), "sample": samples[0]}
 
@@ -260,18 +280,13 @@ def task_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name, overrides in TASK_CONFIGS:
         cfg = SampleConfig(gen_length=n + 2, steps=n + 2, temperature=0.0, early_stop=False, dtype=args.dtype,
                            **overrides)
-        solved, forwards, cpu, seconds = 0, 0, 0.0, 0.0
+        clock, solved, forwards = Clock(device), 0, 0
         for prompt, item in zip(prompts, items):
-            sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = generate(model, [prompt], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id)
-            sync(device)
-            seconds += time.perf_counter() - t0
-            cpu += time.process_time() - c0
+            with clock():
+                out = generate(model, [prompt], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id)
             forwards += out.n_forward
             solved += planning.score("sudoku", tok.decode(out.tokens[0, :n].tolist(), skip_special_tokens=True), item)
-        clock = cpu if device.type == "cpu" else seconds
-        rows.append({"name": name, "tok_s": len(items) * (n + 2) / clock, "forwards": forwards / len(items),
+        rows.append({"name": name, "tok_s": len(items) * (n + 2) / clock.seconds, "forwards": forwards / len(items),
                      "accuracy": solved / len(items), "solved": solved, "n": len(items)})
         print(f"sudoku {name:30s} {rows[-1]['tok_s']:9.1f} tok/s  {rows[-1]['forwards']:5.2f} passes  "
               f"accuracy {rows[-1]['accuracy']:.3f}", flush=True)
