@@ -94,7 +94,7 @@ def worker(args: argparse.Namespace) -> None:
     from remask.data.tokenizer import ByteTokenizer
     from remask.evaluate import perplexity
     from remask.likelihood import LikelihoodConfig
-    from remask.train.checkpoint import load_model
+    from remask.checkpoint import load_model
     from remask.train.loop import train
 
     torch.set_num_threads(1)

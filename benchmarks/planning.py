@@ -275,7 +275,7 @@ def decode(task: str, kind: str, model, tok, items: list[dict]) -> list[str]:
             rows = generate(model, prompts, SampleConfig(gen_length=n + 2, steps=n + 2), mask_id=tok.mask_id,
                             eos_id=tok.eos_id, eot_id=tok.eot_id).tokens
         else:
-            rows = ar_generate(model, prompts, ARSampleConfig(max_new_tokens=n), eos_id=tok.eos_id,
+            rows = ar_generate(model, prompts, ARSampleConfig(gen_length=n), eos_id=tok.eos_id,
                                mask_id=tok.mask_id).tokens
     return [tok.decode(r[:n].tolist(), skip_special_tokens=True) for r in rows]
 

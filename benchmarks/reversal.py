@@ -134,7 +134,7 @@ def continue_prompts(model: Any, tok: Any, prompts: list[str], lengths: list[int
     if model.cfg.causal:
         from remask.sampling.ar import ARSampleConfig, ar_generate
 
-        rows = ar_generate(model, ids, ARSampleConfig(max_new_tokens=n), eos_id=tok.eos_id, mask_id=tok.mask_id).tokens
+        rows = ar_generate(model, ids, ARSampleConfig(gen_length=n), eos_id=tok.eos_id, mask_id=tok.mask_id).tokens
     else:
         from remask.sampling import SampleConfig, generate
 
@@ -164,7 +164,7 @@ def accuracy(preds: list[str], golds: list[str]) -> float:
 
 def worker(args: argparse.Namespace) -> None:
     from remask.data.tokenizer import ByteTokenizer
-    from remask.train.checkpoint import load_model
+    from remask.checkpoint import load_model
     from remask.train.loop import train
 
     torch.set_num_threads(1)

@@ -269,7 +269,7 @@ def task_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     import planning
     from remask.chat import prompt_ids
     from remask.sampling import SampleConfig, generate
-    from remask.train.checkpoint import load_model
+    from remask.checkpoint import load_model
 
     model, tok = load_model(args.sudoku, args.device)
     items = planning.load_tests()["sudoku"]
@@ -370,7 +370,7 @@ def main() -> None:
     from remask.data.prepare import prepare
     from remask.data.shards import TokenData
     from remask.data.tokenizer import ByteTokenizer
-    from remask.train.checkpoint import load_model
+    from remask.checkpoint import load_model
 
     if args.train_only and args.work_dir is None:
         raise SystemExit("--train-only needs --work-dir (where the checkpoints stay)")

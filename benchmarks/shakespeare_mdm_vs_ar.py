@@ -110,7 +110,7 @@ def prompted_sample(model: torch.nn.Module, tok: Any, objective: str, gen: int) 
     if objective == "ar":
         from remask.sampling.ar import ARSampleConfig, ar_generate
 
-        out = ar_generate(model, [prompt], ARSampleConfig(max_new_tokens=gen, temperature=0.8, seed=0), eos_id=tok.eos_id)
+        out = ar_generate(model, [prompt], ARSampleConfig(gen_length=gen, temperature=0.8, seed=0), eos_id=tok.eos_id)
     else:
         from remask.sampling import SampleConfig, generate
 
@@ -121,7 +121,7 @@ def prompted_sample(model: torch.nn.Module, tok: Any, objective: str, gen: int) 
 
 def worker(args: argparse.Namespace) -> None:
     """One objective: calibrate the step rate, train for the budget, evaluate, sample."""
-    from remask.train.checkpoint import load_model
+    from remask.checkpoint import load_model
     from remask.train.loop import train
 
     torch.set_num_threads(args.threads)

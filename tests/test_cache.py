@@ -65,13 +65,13 @@ def test_ar_incremental_decoding_equals_the_full_forward():
 def test_ar_generate_cached_equals_uncached(temperature):
     model = _model(causal=True)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
-    runs = [ar_generate(model, prompts, ARSampleConfig(max_new_tokens=24, temperature=temperature, seed=3,
+    runs = [ar_generate(model, prompts, ARSampleConfig(gen_length=24, temperature=temperature, seed=3,
                                                        kv_cache=kv), eos_id=EOS, mask_id=MASK) for kv in (True, False)]
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert len(runs[0].tokens.unique()) > 3
     if temperature == 0:  # and batched equals one by one
         for row, p in zip(runs[0].tokens, prompts):
-            alone = ar_generate(model, [p], ARSampleConfig(max_new_tokens=24), eos_id=EOS, mask_id=MASK)
+            alone = ar_generate(model, [p], ARSampleConfig(gen_length=24), eos_id=EOS, mask_id=MASK)
             assert torch.equal(row, alone.tokens[0])
 
 
@@ -212,10 +212,10 @@ def test_gpu_bf16_compiled_dual_cache():
 def test_cli_sampler_flags(tmp_path, capsys):
     import json
 
-    from remask.cli import main
+    from remask.checkpoint import save_checkpoint
+    from remask.commands import main
     from remask.config import ModelConfig, RunConfig
     from remask.data.tokenizer import ByteTokenizer
-    from remask.train.checkpoint import save_checkpoint
 
     cfg = ModelConfig(d_model=32, n_layer=1, n_head=2, max_seq_len=64, init_std=0.3)  # one layer: caches exact
     save_checkpoint(tmp_path / "ck", build_model(cfg, seed=0).eval(), RunConfig(model=cfg), ByteTokenizer())

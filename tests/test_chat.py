@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 
 from remask.chat import ChatSession, chat_loop, prompt_ids, trim_answer
-from remask.data.chat import render
+from remask.data.template import render
 from remask.data.tokenizer import ByteTokenizer
 from remask.sampling import SampleConfig
 
@@ -130,7 +130,7 @@ def test_a_short_answer_stops_early_and_reports_the_passes_saved():
 def test_chat_and_generate_chat_commands(tmp_path, monkeypatch, capsys):
     import json
 
-    from remask.cli import main
+    from remask.commands import main
     from remask.config import preset_tiny
     from remask.sft import sft
 
@@ -171,7 +171,7 @@ def test_ar_chat_streams_token_by_token_and_stops_at_the_end_of_turn():
     from remask.sampling.ar import ARSampleConfig
 
     answer = turn("ok!")  # 3 characters and EOT, then EOS
-    s = ChatSession(ScriptedAR(answer), TOK, ARSampleConfig(max_new_tokens=GEN, kv_cache=False))
+    s = ChatSession(ScriptedAR(answer), TOK, ARSampleConfig(gen_length=GEN, kv_cache=False))
     frames = []
     assert s.reply("hi", frames.append) == "ok!"
     P = len(s.history) - len(answer)  # the prompt; history = prompt + answer (EOS padding dropped)

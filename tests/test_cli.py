@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from remask.cli import main, render_canvas
+from remask.commands import main
 from remask.data.tokenizer import byte_tokenizer
+from remask.display import render_canvas
 
 TINY = ["--preset", "tiny", "--max-steps", "3", "--train.samples", "0"]
 

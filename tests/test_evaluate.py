@@ -8,7 +8,8 @@ import math
 import pytest
 
 from conftest import tiny_model_config
-from remask.cli import main
+from remask.checkpoint import save_checkpoint
+from remask.commands import main
 from remask.config import RunConfig, TrainConfig
 from remask.data.tokenizer import ByteTokenizer
 from remask.errors import RemaskError
@@ -24,7 +25,6 @@ from remask.evaluate import (
 from remask.likelihood import LikelihoodConfig, ar_loglik, rolling_loglik, rolling_windows
 from remask.model import build_model
 from remask.sampling import SampleConfig
-from remask.train.checkpoint import save_checkpoint
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "remask denoises every masked token, then stops."]
 

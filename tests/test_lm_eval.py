@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_model_config
+from remask.checkpoint import save_checkpoint
 from remask.config import RunConfig, TrainConfig
 from remask.data.tokenizer import ByteTokenizer
 from remask.evaluate import choice_accuracy, generate_texts, perplexity
 from remask.likelihood import LikelihoodConfig
 from remask.model import build_model
 from remask.sampling import SampleConfig
-from remask.train.checkpoint import save_checkpoint
 
 lm_eval = pytest.importorskip("lm_eval")
 

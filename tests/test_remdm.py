@@ -7,7 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from conftest import tiny_model_config
-from remask.cli import build_parser, sample_config
+from remask.commands import build_parser
+from remask.commands.flags import sample_config
 from remask.errors import RemaskError
 from remask.model import build_model
 from remask.sampling import SampleConfig, StepEvent, generate, infill

@@ -18,7 +18,8 @@ from torch import nn
 
 from conftest import tiny_model_config
 from remask.chat import prompt_ids, trim_answer
-from remask.cli import main
+from remask.checkpoint import save_checkpoint
+from remask.commands import main
 from remask.config import RunConfig
 from remask.data.tokenizer import ByteTokenizer
 from remask.errors import RemaskError
@@ -26,7 +27,6 @@ from remask.model import build_model
 from remask.sampling import SampleConfig, generate, trim_eos
 from remask.sampling.ar import ARSampleConfig, ar_generate
 from remask.serve import StopCut, create_app, serve
-from remask.train.checkpoint import save_checkpoint
 
 TOK = ByteTokenizer()
 CFG = SampleConfig(gen_length=16, steps=16, block_length=8)
@@ -223,7 +223,7 @@ def test_ar_checkpoint_is_served_with_ar_decoding(tmp_path, monkeypatch):
     assert client.get("/v1/models").json()["data"][0] | {"created": 0} == {
         "id": "run", "object": "model", "created": 0, "owned_by": "remask", "max_model_len": 96, "sampler": "ar"}
     ids = TOK.encode("hello")
-    out = ar_generate(model, [ids], ARSampleConfig(max_new_tokens=12), eos_id=TOK.eos_id, mask_id=TOK.mask_id)
+    out = ar_generate(model, [ids], ARSampleConfig(gen_length=12), eos_id=TOK.eos_id, mask_id=TOK.mask_id)
     expected = TOK.decode(trim_eos(out.tokens[0], TOK.eos_id, TOK.eot_id), skip_special_tokens=True)
     body = client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 12}).json()
     assert body["choices"][0]["text"] == expected and body["usage"]["forward_passes"] == out.n_forward

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from remask.cli import main
+from remask.commands import main
 from remask.config import preset_tiny
-from remask.data.chat import DEFAULT_TEMPLATE
+from remask.data.template import DEFAULT_TEMPLATE
 from remask.errors import RemaskError
 from remask.sft import sft
 from remask.train import load_checkpoint

@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "train": "remask.train.loop",
-    "load_model": "remask.train.checkpoint",
-    "load_checkpoint": "remask.train.checkpoint",
+    "load_model": "remask.checkpoint",
+    "load_checkpoint": "remask.checkpoint",
     "generate": "remask.sampling",
     "SampleConfig": "remask.sampling",
     "infill": "remask.sampling.infill",

@@ -1,3 +1,3 @@
-from remask.cli import main
+from remask.commands import main
 
 raise SystemExit(main())

@@ -12,15 +12,19 @@ temperature=0.5`` to change), ``/quit``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from remask.config import coerce
-from remask.data.chat import Message, _delta, render
+from remask.data.template import Message, delta, render
+from remask.display import LiveCanvas
 from remask.errors import RemaskError
+from remask.model import check_context
+from remask.sampling.config import DecodeConfig
+from remask.sampling.decode import decode, for_model
+from remask.sampling.stream import trim_eos
 
 HELP = "commands: /reset (new conversation), /params [key=value ...], /quit"
 
@@ -34,9 +38,7 @@ def prompt_ids(tok: Any, text: str, *, system: str | None = None) -> list[int]:
 def trim_answer(ids: list[int], tok: Any) -> tuple[list[int], list[int]]:
     """Generated ids -> (content, end): content stops at the first end-of-turn or EOS; ``end`` is
     the end-of-turn token that closes the turn in the history (added if the model gave none)."""
-    ends = {tok.eot_id, tok.eos_id}
-    cut = next((i for i, t in enumerate(ids) if t in ends), len(ids))
-    return list(ids[:cut]), [tok.eot_id]
+    return trim_eos(ids, tok.eos_id, tok.eot_id), [tok.eot_id]
 
 
 class ChatSession:
@@ -45,8 +47,8 @@ class ChatSession:
     ``history`` holds the token ids of everything so far; ``messages`` the same as text.
     """
 
-    def __init__(self, model: Any, tok: Any, sample_cfg: Any, *, system: str | None = None) -> None:
-        self.model, self.tok, self.cfg, self.system = model, tok, sample_cfg, system
+    def __init__(self, model: Any, tok: Any, sample_cfg: DecodeConfig, *, system: str | None = None) -> None:
+        self.model, self.tok, self.cfg, self.system = model, tok, for_model(sample_cfg, model), system
         self.last_n_forward = self.last_saved = 0  # forward passes of the last answer, and those early stop saved
         self.reset()
 
@@ -60,36 +62,21 @@ class ChatSession:
             raise RemaskError("empty message; type something (or /quit)")
         before = render(self.messages, self.tok)
         after = render([*self.messages, {"role": "user", "content": text}], self.tok, add_generation_prompt=True)
-        return self.history + self.tok.encode(_delta(after, before, "the user turn"), allow_special=True)
+        return self.history + self.tok.encode(delta(after, before, "the user turn"), allow_special=True)
 
     def reply(self, text: str, callback: Callable[[Any], None] | None = None) -> str:
         ids = self.next_prompt(text)
-        gen_length = self.cfg.gen_length if hasattr(self.cfg, "gen_length") else self.cfg.max_new_tokens
-        limit = getattr(getattr(self.model, "cfg", None), "max_seq_len", None)
-        if limit is not None and len(ids) + gen_length > limit:
-            raise RemaskError(f"the conversation ({len(ids)} tokens) + {gen_length} new ones exceeds the model "
-                              f"context of {limit}; /reset or lower gen_length with /params")
-        content, end = trim_answer(self._sample(ids, callback), self.tok)
+        check_context(self.model, len(ids), self.cfg.gen_length, "the conversation ({used} tokens) + {new} new ones "
+                      "exceeds the model context of {limit}; /reset or lower gen_length with /params")
+        tok = self.tok
+        out = decode(self.model, [ids], self.cfg, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id,
+                     callback=callback)  # a live view sees every step: a denoising step, or one AR token
+        self.last_n_forward, self.last_saved = out.n_forward, out.n_forward_saved
+        content, end = trim_answer(out.tokens[0].tolist(), tok)
         answer = self.tok.decode(content, skip_special_tokens=True)
         self.history = ids + content + end
         self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
         return answer
-
-    def _sample(self, ids: list[int], callback: Callable[[Any], None] | None) -> list[int]:
-        tok = self.tok
-        if getattr(getattr(self.model, "cfg", None), "causal", False):
-            from remask.sampling.ar import ar_stream
-
-            for out in ar_stream(self.model, [ids], self.cfg, eos_id=tok.eos_id, mask_id=tok.mask_id):
-                if callback is not None:  # the same live view as denoising: one token per frame
-                    callback(out)
-        else:
-            from remask.sampling import generate
-
-            out = generate(self.model, [ids], self.cfg, mask_id=tok.mask_id, eos_id=tok.eos_id,
-                           eot_id=tok.eot_id, callback=callback)
-        self.last_n_forward, self.last_saved = out.n_forward, getattr(out, "n_forward_saved", 0)
-        return out.tokens[0].tolist()
 
     def params(self) -> str:
         return " ".join(f"{f.name}={getattr(self.cfg, f.name)}" for f in dataclasses.fields(self.cfg))
@@ -106,28 +93,6 @@ class ChatSession:
                 raise RemaskError(f"/params: '{a}' is not key=value with a key among {', '.join(hints)}")
             changes[key] = coerce(value, hints[key], key)
         self.cfg = dataclasses.replace(self.cfg, **changes)  # __post_init__ validates
-
-
-class LivePrinter:
-    """A ``generate`` callback that redraws the answer region of the canvas in place after every
-    denoising step; ``clear()`` erases the last frame (the final answer is printed instead)."""
-
-    def __init__(self, tok: Any, out: TextIO, start: int) -> None:
-        self.tok, self.out, self.start, self.lines = tok, out, start, 0
-
-    def __call__(self, event: Any) -> None:
-        from remask.cli import render_canvas
-
-        text = render_canvas(self.tok, event.canvas[0, self.start:].tolist())
-        self.clear()
-        self.out.write(text + "\n")
-        self.out.flush()
-        self.lines = text.count("\n") + 1
-
-    def clear(self) -> None:
-        if self.lines:
-            self.out.write(f"\x1b[{self.lines}F\x1b[J")  # back to the frame's first line, clear below
-            self.lines = 0
 
 
 def chat_loop(session: ChatSession, lines: Iterable[str] | None = None, out: TextIO | None = None, *,
@@ -162,7 +127,7 @@ def chat_loop(session: ChatSession, lines: Iterable[str] | None = None, out: Tex
             elif cmd.startswith("/"):
                 out.write(f"unknown command {cmd}; {HELP}\n")
             elif line.strip():
-                printer = LivePrinter(session.tok, out, len(session.next_prompt(line))) if live else None
+                printer = LiveCanvas(session.tok, out, len(session.next_prompt(line))) if live else None
                 answer = session.reply(line, printer)
                 if printer is not None:
                     printer.clear()
@@ -172,29 +137,3 @@ def chat_loop(session: ChatSession, lines: Iterable[str] | None = None, out: Tex
             out.write(f"remask: error: {e}\n")
         out.flush()
     return turns
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_args(p: argparse.ArgumentParser) -> None:
-    from remask.cli import add_sampler_args
-
-    p.add_argument("--system", default=None, help="a system message that starts every conversation")
-    add_sampler_args(p)
-
-
-def run(args: argparse.Namespace) -> int:
-    from remask.cli import sample_config
-    from remask.train.checkpoint import load_model
-    from remask.train.distributed import pick_device
-
-    model, tok = load_model(args.ckpt, pick_device(args.device))
-    if model.cfg.causal:
-        from remask.sampling.ar import ARSampleConfig
-
-        cfg: Any = ARSampleConfig(max_new_tokens=args.gen_length, temperature=args.temperature, seed=args.seed)
-    else:
-        cfg = sample_config(args)
-    session = ChatSession(model, tok, cfg, system=args.system)
-    chat_loop(session, live=True if args.show_steps else None)
-    return 0

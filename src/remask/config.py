@@ -19,9 +19,10 @@ from typing import Any, Literal
 from remask.errors import RemaskError
 
 
-def option(help: str, default: Any) -> Any:
-    """A config field documented once: ``help`` is what ``--help`` shows for it (see ``describe_fields``)."""
-    return field(default=default, metadata={"help": help})
+def option(help: str, default: Any, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field documented once: ``help`` is what ``--help`` (and a server's request schema) shows
+    for it, ``choices`` the values a flag accepts where they are a fixed set (see ``describe_fields``)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 def check(ok: bool, message: str) -> None:

@@ -13,7 +13,6 @@ a Python user (or the lm-eval adapter) scores without the command line. An AR ch
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,6 @@ from typing import Any
 
 from remask.errors import RemaskError
 from remask.likelihood import (
-    ESTIMATORS,
     Estimate,
     LikelihoodConfig,
     ar_logliks,
@@ -30,6 +28,10 @@ from remask.likelihood import (
     rolling_loglik,
     rolling_windows,
 )
+from remask.model import is_causal
+from remask.sampling.config import DecodeConfig
+from remask.sampling.decode import decode
+from remask.sampling.stream import trim_eos
 
 NORMS = ("token", "byte", "none")
 
@@ -78,13 +80,9 @@ def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], l
 def render_chat(tok: Any, prompt: str) -> str:
     """The prompt as one user turn of the chat template (the tokenizer's, else LLaDA's layout),
     ending with the assistant header."""
-    from remask.data.chat import render
+    from remask.data.template import render
 
     return render([{"role": "user", "content": prompt}], tok, add_generation_prompt=True)
-
-
-def _is_causal(model: Any) -> bool:
-    return bool(getattr(getattr(model, "cfg", None), "causal", False))
 
 
 # ----------------------------------------------------------------------------- perplexity
@@ -112,7 +110,7 @@ def perplexity(model: Any, tok: Any, texts: Iterable[str], *, window: int, strid
     if tokens == 0:
         raise RemaskError("--data holds no text to score")
     nll = -total.value / tokens
-    return {"bound": "exact" if _is_causal(model) else "elbo", "nats_per_token": nll,
+    return {"bound": "exact" if is_causal(model) else "elbo", "nats_per_token": nll,
             "bits_per_byte": -total.value / math.log(2) / n_bytes, "perplexity": math.exp(min(nll, 700.0)),
             "stderr_nats_per_token": total.stderr / tokens, "tokens": tokens, "bytes": n_bytes, "documents": docs,
             "windows": key, "window": window, "stride": stride}
@@ -122,42 +120,30 @@ def perplexity(model: Any, tok: Any, texts: Iterable[str], *, window: int, strid
 
 def decode_until_end(tok: Any, ids: Sequence[int]) -> str:
     """Text of generated ids up to the first EOS / end-of-turn token."""
-    ends = {tok.eos_id, getattr(tok, "eot_id", None)}
-    cut = next((i for i, t in enumerate(ids) if t in ends), len(ids))
-    return tok.decode(list(ids[:cut]), skip_special_tokens=True)
+    return tok.decode(trim_eos(ids, tok.eos_id, getattr(tok, "eot_id", None)), skip_special_tokens=True)
 
 
-def generate_texts(model: Any, tok: Any, prompts: Sequence[Sequence[int]], sample: Any, *,
-                   batch_size: int = 8, top_k: int | None = None, top_p: float | None = None) -> list[str]:
-    """Continuations of tokenised prompts: LLaDA's sampler for an MDM, left-to-right for AR."""
+def generate_texts(model: Any, tok: Any, prompts: Sequence[Sequence[int]], sample: DecodeConfig, *,
+                   batch_size: int = 8) -> list[str]:
+    """Continuations of tokenised prompts with the model's own decoder: LLaDA's sampler for an MDM,
+    left to right for AR (``sample``'s shared settings carry over; see ``sampling.decode``)."""
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [list(p) if p else [tok.eos_id] for p in prompts[start:start + batch_size]]
-        if _is_causal(model):
-            from remask.sampling.ar import ARSampleConfig, ar_generate
-
-            ar_cfg = ARSampleConfig(max_new_tokens=sample.gen_length, temperature=sample.temperature, top_k=top_k,
-                                    top_p=top_p, seed=sample.seed)
-            rows = ar_generate(model, chunk, ar_cfg, eos_id=tok.eos_id, mask_id=tok.mask_id).tokens
-        else:
-            from remask.sampling import generate
-
-            rows = generate(model, chunk, sample, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id).tokens
+        rows = decode(model, chunk, sample, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id).tokens
         out.extend(decode_until_end(tok, row.tolist()) for row in rows)
     return out
 
 
-def completion_accuracy(model: Any, tok: Any, records: Sequence[dict[str, Any]], sample: Any, *,
-                        chat: bool = False, batch_size: int = 8, top_k: int | None = None,
-                        top_p: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def completion_accuracy(model: Any, tok: Any, records: Sequence[dict[str, Any]], sample: DecodeConfig, *,
+                        chat: bool = False, batch_size: int = 8) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate for each {"prompt", "completion"} record; exact-match and contains accuracy.
 
     Both compare whitespace-stripped text: exact match, and the reference occurring anywhere in
     the prediction. Returns (metrics, one prediction record per input).
     """
     texts = [render_chat(tok, r["prompt"]) if chat else r["prompt"] for r in records]
-    preds = generate_texts(model, tok, [tok.encode(t) for t in texts], sample, batch_size=batch_size,
-                           top_k=top_k, top_p=top_p)
+    preds = generate_texts(model, tok, [tok.encode(t) for t in texts], sample, batch_size=batch_size)
     rows = []
     for rec, pred in zip(records, preds):
         ref = str(rec["completion"]).strip()
@@ -193,7 +179,7 @@ def score_options(model: Any, tok: Any, prompt: str, options: Sequence[str], cfg
     for opt in options:
         ctx, cont = encode_pair(tok, prompt, opt)
         pairs.append((ctx or [tok.eos_id], cont))  # an empty prompt starts a document
-    if _is_causal(model):
+    if is_causal(model):
         values = [v for v, _ in ar_logliks(model, pairs)]
     else:
         values = [elbo(model, c, a, cfg, mask_id=tok.mask_id, key=key).value for c, a in pairs]
@@ -221,139 +207,3 @@ def choice_accuracy(model: Any, tok: Any, records: Sequence[dict[str, Any]], cfg
     n = len(rows)
     return {"acc": sum(r["correct"] for r in rows) / n, "acc_norm": sum(r["correct_norm"] for r in rows) / n,
             "norm": norm, "n": n}, rows
-
-
-# ----------------------------------------------------------------------------- `remask eval`
-
-def _likelihood_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("likelihood (masked diffusion only; AR checkpoints are scored exactly)")
-    g.add_argument("--mc-num", type=int, default=128, help="Monte Carlo samples per scored span (default 128)")
-    g.add_argument("--batch-size", type=int, default=32, help="samples per forward pass; divides --mc-num")
-    g.add_argument("--estimator", choices=ESTIMATORS, default="l",
-                   help="l: masked count l ~ U{1..L} (lower variance, default); t: t ~ U(0,1)")
-    g.add_argument("--cfg", type=float, default=0.0, dest="cfg_scale", help="classifier-free guidance scale")
-    g.add_argument("--seed", type=int, default=0)
-
-
-def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="checkpoint or run directory")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def eval_add_args(p: argparse.ArgumentParser) -> None:
-    from remask.cli import add_sampler_args  # here, not at import: cli imports this module
-
-    sub = p.add_subparsers(dest="eval_task", required=True, metavar="TASK")
-    ppl = sub.add_parser("perplexity", help="nats/token and bits/byte (MDM: ELBO bound; AR: exact)")
-    ppl.add_argument("--data", nargs="+", required=True, help="text files, directories or .jsonl (field 'text')")
-    ppl.add_argument("--window", type=int, help="tokens per window (default: the checkpoint's training seq_len)")
-    ppl.add_argument("--stride", type=int, help="new tokens scored per window (default: window - 1)")
-    ppl.add_argument("--limit", type=int, help="score only the first N documents")
-    _common_args(ppl)
-    _likelihood_args(ppl)
-
-    comp = sub.add_parser("completion", help="generate for {prompt, completion} records: exact match, contains")
-    comp.add_argument("--data", type=Path, required=True, help=".jsonl of {\"prompt\", \"completion\"}")
-    comp.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template (the tokenizer's, else the default)")
-    comp.add_argument("--out", type=Path, help="write one JSON line per record with its prediction")
-    comp.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
-    comp.add_argument("--limit", type=int, help="evaluate only the first N records")
-    add_sampler_args(comp)
-
-    mc = sub.add_parser("choice", help="multiple choice {prompt, choices, answer} scored by likelihood")
-    mc.add_argument("--data", type=Path, required=True, help=".jsonl of {\"prompt\", \"choices\", \"answer\"}")
-    mc.add_argument("--norm", choices=NORMS, default="token", help="acc_norm divides by option length in tokens "
-                                                                   "(default) or UTF-8 bytes")
-    mc.add_argument("--out", type=Path, help="write one JSON line per record with its scores")
-    mc.add_argument("--limit", type=int, help="evaluate only the first N records")
-    _common_args(mc)
-    _likelihood_args(mc)
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from remask.train.checkpoint import load_checkpoint
-    from remask.train.distributed import pick_device
-
-    return load_checkpoint(args.ckpt, pick_device(args.device))
-
-
-def _limit(items: list[Any], limit: int | None) -> list[Any]:
-    if limit is not None and limit <= 0:
-        raise RemaskError(f"--limit must be positive, got {limit}")
-    return items[:limit] if limit is not None else items
-
-
-def _lcfg(args: argparse.Namespace) -> LikelihoodConfig:
-    return LikelihoodConfig(mc_num=args.mc_num, batch_size=min(args.batch_size, args.mc_num), estimator=args.estimator,
-                            cfg_scale=args.cfg_scale, seed=args.seed)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    from remask.fileio import write_text_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _perplexity_run(args: argparse.Namespace) -> int:
-    from remask.data.corpus import iter_documents
-
-    lcfg = _lcfg(args)
-    ck = _load(args)
-    limit = ck.config.model.max_seq_len
-    window = args.window or min(ck.config.train.seq_len, limit)
-    if not 2 <= window <= limit:
-        raise RemaskError(f"--window {window} must be in 2..{limit} (the model context)")
-    texts = (d.text for d in iter_documents(args.data))
-    if args.limit is not None:
-        texts = iter(_limit(list(texts), args.limit))
-    res = perplexity(ck.model, ck.tokenizer, texts, window=window, stride=args.stride, cfg=lcfg)
-    res = {"ckpt": str(ck.path), **res, **({} if res["bound"] == "exact" else
-                                            {"mc_num": lcfg.mc_num, "estimator": lcfg.estimator})}
-    kind = "exact" if res["bound"] == "exact" else f"ELBO bound, ±{res['stderr_nats_per_token']:.4f}"
-    emit_human = (f"{res['nats_per_token']:.4f} nats/token ({kind}), {res['bits_per_byte']:.4f} bits/byte, "
-                  f"perplexity {res['perplexity']:.2f} over {res['tokens']:,} tokens in {res['documents']} documents")
-    _emit(args, res, emit_human)
-    return 0
-
-
-def _completion_run(args: argparse.Namespace) -> int:
-    from remask.cli import sample_config
-
-    records = _limit(read_jsonl(args.data, ("prompt", "completion")), args.limit)
-    if args.batch_size <= 0:
-        raise RemaskError(f"--batch-size must be positive, got {args.batch_size}")
-    ck = _load(args)
-    metrics, rows = completion_accuracy(ck.model, ck.tokenizer, records, sample_config(args), chat=args.chat,
-                                        batch_size=args.batch_size, top_k=getattr(args, "top_k", None),
-                                        top_p=getattr(args, "top_p", None))
-    if args.out is not None:
-        _write_jsonl(args.out, rows)
-    _emit(args, {"ckpt": str(ck.path), **metrics, "out": str(args.out) if args.out else None},
-          f"exact match {metrics['exact_match']:.3f}, contains {metrics['contains']:.3f} over {metrics['n']} records")
-    return 0
-
-
-def _choice_run(args: argparse.Namespace) -> int:
-    records = _limit(read_jsonl(args.data, ("prompt", "choices", "answer")), args.limit)
-    lcfg = _lcfg(args)
-    ck = _load(args)
-    metrics, rows = choice_accuracy(ck.model, ck.tokenizer, records, lcfg, norm=args.norm)
-    if args.out is not None:
-        _write_jsonl(args.out, rows)
-    _emit(args, {"ckpt": str(ck.path), **metrics, "out": str(args.out) if args.out else None},
-          f"acc_norm {metrics['acc_norm']:.3f} (per {metrics['norm']}), acc {metrics['acc']:.3f} "
-          f"over {metrics['n']} records")
-    return 0
-
-
-def _emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
-    from remask.cli import emit
-
-    emit(args, result, human)
-
-
-def eval_run(args: argparse.Namespace) -> int:
-    """`remask eval perplexity|completion|choice`."""
-    return {"perplexity": _perplexity_run, "completion": _completion_run, "choice": _choice_run}[args.eval_task](args)

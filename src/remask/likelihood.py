@@ -43,6 +43,8 @@ from torch import Tensor
 
 from remask.config import check, option
 from remask.errors import RemaskError
+from remask.guidance import guided_logits
+from remask.model import check_context, is_causal, model_device
 from remask.rng import keyed_generator
 
 _STREAM = 3  # a noise stream of our own, distinct from rng.DATA / NOISE / STEP
@@ -56,20 +58,22 @@ class LikelihoodConfig:
     """How ``elbo`` estimates the bound."""
 
     mc_num: int = option("Monte Carlo samples per (prompt, answer) pair", 128)
-    batch_size: int = option("samples per forward pass; must divide mc_num", 32)
+    batch_size: int = option("samples per forward pass; must divide mc_num (one larger than mc_num is cut to it)",
+                             32)
     estimator: str = option("'l': masked count l ~ U{1..L}, stratified over the batch, weight L/l (LLaDA); "
-                            "'t': t ~ U(0,1), each token masked w.p. t, weight 1/t", "l")
+                            "'t': t ~ U(0,1), each token masked w.p. t, weight 1/t", "l", choices=ESTIMATORS)
     cfg_scale: float = option("classifier-free guidance weight on the predictor (0: off)", 0.0)
     seed: int = option("seed of the masking noise", 0)
 
     def __post_init__(self) -> None:
         check(self.mc_num > 0, f"--mc-num must be positive, got {self.mc_num}")
+        self.batch_size = min(self.batch_size, self.mc_num)
         check(self.batch_size > 0 and self.mc_num % self.batch_size == 0,
               f"--batch-size {self.batch_size} must be positive and divide --mc-num {self.mc_num}; "
               f"try --batch-size {math.gcd(self.mc_num, max(1, self.batch_size))}")
         check(self.estimator in ESTIMATORS,
               f"--estimator {self.estimator!r} is not known; choose 'l' (lower variance) or 't'")
-        check(self.cfg_scale >= 0, f"--cfg must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
+        check(self.cfg_scale >= 0, f"--cfg-scale must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
 
 
 @dataclass
@@ -88,37 +92,13 @@ class Estimate:
 
 # ----------------------------------------------------------------------------- one forward pass
 
-def _device(model: Any) -> torch.device:
-    params = getattr(model, "parameters", None)
-    first = next(iter(params()), None) if callable(params) else None
-    return first.device if first is not None else torch.device("cpu")
-
-
-def _check_pair(model: Any, prompt: Sequence[int], answer: Sequence[int]) -> None:
-    limit = getattr(getattr(model, "cfg", None), "max_seq_len", None)
-    if isinstance(limit, int) and len(prompt) + len(answer) > limit:
-        raise RemaskError(f"prompt ({len(prompt)} tokens) + answer ({len(answer)} tokens) exceed the model context "
-                          f"of {limit} tokens; shorten the text or use a smaller window")
-
-
-def _guided(model: Any, x: Tensor, n_prompt: int, mask_id: int, cfg_scale: float) -> Tensor:
-    """Float32 logits of the answer columns (B, S - n_prompt, V). With classifier-free guidance (as
-    the sampler applies it): one pass over [x; x with the prompt masked], u + (w + 1)(c - u)."""
-    if cfg_scale <= 0:
-        return model(x)[:, n_prompt:].float()
-    uncond = x.clone()
-    uncond[:, :n_prompt] = mask_id
-    cond_logits, uncond_logits = model(torch.cat([x, uncond]))[:, n_prompt:].float().chunk(2)  # 2 x (B, L, V)
-    return uncond_logits + (cfg_scale + 1) * (cond_logits - uncond_logits)
-
-
 def _masked_logprobs(model: Any, prompt: Sequence[int], answer: Sequence[int], masked: Tensor, *,
                      mask_id: int, cfg_scale: float = 0.0) -> Tensor:
     """log p_θ(a^i | c, a_masked) at the masked answer positions, 0 elsewhere: (B, L) float64.
 
     masked: (B, L) bool, which answer tokens each row hides. One forward pass (two with CFG).
     """
-    device = _device(model)
+    device = model_device(model)
     P = len(prompt)
     x0 = torch.tensor(list(prompt) + list(answer), dtype=torch.long, device=device)  # (P + L,)
     masked = masked.to(device)
@@ -126,12 +106,18 @@ def _masked_logprobs(model: Any, prompt: Sequence[int], answer: Sequence[int], m
     target = x0[P:].expand(B, -1)  # (B, L)
     x = x0.expand(B, -1).clone()  # (B, P + L)
     x[:, P:] = torch.where(masked, mask_id, target)
-    logits = _guided(model, x, P, mask_id, cfg_scale)  # (B, L, V)
+    prompt_cols = torch.arange(P + len(answer), device=device) < P  # (P + L,) what guidance masks
+    logits = guided_logits(model, x, None, prompt_cols.expand(B, -1), mask_id, cfg_scale, first=P)  # (B, L, V)
     out = torch.zeros(masked.shape, dtype=torch.float64, device=device)
     # Only the masked rows enter the softmax (LLaDA-8B's vocabulary is 126,464 wide).
     picked = F.log_softmax(logits[masked].float(), dim=-1).gather(-1, target[masked][:, None])  # (N, 1)
     out[masked] = picked.squeeze(-1).double()
     return out
+
+
+def _check_answer(model: Any, prompt: Sequence[int], answer: Sequence[int]) -> None:
+    check_context(model, len(prompt), len(answer), "prompt ({used} tokens) + answer ({new} tokens) exceed the model "
+                  "context of {limit} tokens; shorten the text or use a smaller window")
 
 
 # ----------------------------------------------------------------------------- Monte Carlo ELBO
@@ -167,7 +153,7 @@ def elbo(model: Any, prompt: Sequence[int], answer: Sequence[int], cfg: Likeliho
     means (with a single batch, the independent-sample formula, which overstates it).
     """
     cfg = cfg or LikelihoodConfig()
-    _check_pair(model, prompt, answer)
+    _check_answer(model, prompt, answer)
     L = len(answer)
     if L == 0:
         return Estimate(0.0, 0.0, 0)
@@ -199,7 +185,7 @@ def chain_rule_loglik(model: Any, prompt: Sequence[int], answer: Sequence[int], 
 
     All L steps go through the model as one batch of L canvases.
     """
-    _check_pair(model, prompt, answer)
+    _check_answer(model, prompt, answer)
     L = len(answer)
     order = list(range(L)) if order is None else [int(i) for i in order]
     if sorted(order) != list(range(L)):
@@ -245,7 +231,7 @@ def exact_elbo(model: Any, prompt: Sequence[int], answer: Sequence[int], *, mask
 
     (l uniform on 1..L times weight L/l, S uniform among the C(L, l) sets of size l).
     """
-    _check_pair(model, prompt, answer)
+    _check_answer(model, prompt, answer)
     L = len(answer)
     if L > MAX_ENUM_SUBSETS:
         raise RemaskError(f"exact_elbo enumerates 2^L masked sets; the answer has {L} tokens "
@@ -270,9 +256,9 @@ def ar_logliks(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     Returns (log-likelihood, whether every answer token is the argmax of its conditional) per
     pair. Prompts must be non-empty (pass the EOS id as a document start).
     """
-    if getattr(getattr(model, "cfg", None), "causal", True) is False:
+    if hasattr(model, "cfg") and not is_causal(model):
         raise RemaskError("ar_logliks needs a causal (AR) model; for masked diffusion use elbo()")
-    device = _device(model)
+    device = model_device(model)
     out: list[tuple[float, bool]] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
@@ -280,7 +266,7 @@ def ar_logliks(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
         for prompt, answer in chunk:
             if len(prompt) == 0:
                 raise RemaskError("AR scoring needs a non-empty prompt; pass the EOS id as a document start")
-            _check_pair(model, prompt, answer[:-1] if answer else answer)
+            _check_answer(model, prompt, answer[:-1] if answer else answer)
             seqs.append(list(prompt) + list(answer))
         W = max(len(s) for s in seqs) - 1
         x = torch.zeros(len(seqs), max(W, 1), dtype=torch.long)  # (B, W) inputs, right-padded
@@ -310,7 +296,7 @@ def ar_loglik(model: Any, prompt: Sequence[int], answer: Sequence[int]) -> float
 def loglik(model: Any, prompt: Sequence[int], answer: Sequence[int], cfg: LikelihoodConfig | None = None, *,
            mask_id: int, key: int = 0) -> Estimate:
     """The AR model's exact log-likelihood, or the MDM's Monte Carlo ELBO."""
-    if getattr(getattr(model, "cfg", None), "causal", False):
+    if is_causal(model):
         return Estimate(ar_loglik(model, prompt, answer))
     return elbo(model, prompt, answer, cfg, mask_id=mask_id, key=key)
 
@@ -343,7 +329,7 @@ def rolling_loglik(model: Any, stream: Sequence[int], *, window: int, stride: in
     """
     wins = rolling_windows(len(stream), window, stride)
     pairs = [(stream[c:s], stream[s:e]) for c, s, e in wins]
-    if getattr(getattr(model, "cfg", None), "causal", False):
+    if is_causal(model):
         return Estimate(sum(v for v, _ in ar_logliks(model, pairs, batch_size=batch_size)))
     total = Estimate(0.0)
     for k, (ctx, tgt) in enumerate(pairs):

@@ -21,12 +21,14 @@ which columns to recompute, and when, is the sampler's business (``remask.sampli
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from remask.config import ModelConfig
+from remask.errors import RemaskError
 
 
 class RMSNorm(nn.Module):
@@ -40,9 +42,6 @@ class RMSNorm(nn.Module):
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return xf.type_as(x) * self.weight
-
-    def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
 
 
 def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
@@ -255,3 +254,47 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int 
     model.tie_weights()  # to_empty materialises each module's parameter separately
     model.init_weights(seed)
     return model
+
+
+# ----------------------------------------------------------------------------- what callers ask of a model
+# Samplers, likelihoods and services take any callable that returns logits (tests pass scripted
+# doubles); these read what a remask Transformer declares in ``cfg`` and assume nothing else.
+
+def is_causal(model: Any) -> bool:
+    """Whether ``model`` is the autoregressive baseline (``cfg.causal``); a plain callable is not."""
+    return bool(getattr(getattr(model, "cfg", None), "causal", False))
+
+
+def context_length(model: Any) -> int | None:
+    """``model.cfg.max_seq_len`` when the model declares one."""
+    limit = getattr(getattr(model, "cfg", None), "max_seq_len", None)
+    return limit if isinstance(limit, int) else None
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameter-free callable)."""
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+CONTEXT_ERROR = ("prompt ({used} tokens) + --gen-length {new} exceeds the model context of {limit} tokens; "
+                 "shorten the prompt or lower --gen-length")
+
+
+def check_context(model: Any, used: int, new: int = 0, message: str = CONTEXT_ERROR) -> None:
+    """``used`` tokens on the canvas + ``new`` ones to produce must fit the model context; else a
+    one-line RemaskError, ``message`` formatted with ``used``, ``new`` and ``limit`` (each caller
+    names its own inputs and fix: flags, request fields, chat commands)."""
+    limit = context_length(model)
+    if limit is not None and used + new > limit:
+        raise RemaskError(message.format(used=used, new=new, limit=limit))
+
+
+def check_vocab(model: Any, ids: Tensor, what: str) -> None:
+    """Ids outside ``model.cfg.vocab_size`` -> RemaskError (instead of an embedding IndexError)."""
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", None)
+    if isinstance(vocab, int) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
+        raise RemaskError(f"{what} holds token id {bad}, outside the model vocabulary (size {vocab}); "
+                          "encode it with the model's own tokenizer")

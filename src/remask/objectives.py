@@ -16,29 +16,11 @@ Noise comes in from the caller as ``noise`` (B, 1 + L) uniforms keyed by sample 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass
-class Batch:
-    """tokens (B, L) long; prompt_mask (B, L) bool, True where a token is never masked and never
-    supervised (SFT prompts); attn_mask (B, L) bool, True for real tokens (None: no padding)."""
-
-    tokens: Tensor
-    prompt_mask: Tensor | None = None
-    attn_mask: Tensor | None = None
-
-    def to(self, device: torch.device | str) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.tokens), move(self.prompt_mask), move(self.attn_mask))
-
-    def truncate(self, length: int) -> Batch:
-        cut = lambda t: None if t is None else t[:, :length]  # noqa: E731
-        return Batch(cut(self.tokens), cut(self.prompt_mask), cut(self.attn_mask))
+from remask.data.batch import Batch
 
 
 def forward_process(x0: Tensor, noise: Tensor, *, mask_id: int, eps: float,

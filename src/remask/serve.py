@@ -27,31 +27,35 @@ interleave step by step).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import re
 import secrets
 import time
+import typing
 import uuid
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from remask.checkpoint import load_model, resolve_checkpoint
 from remask.config import check
+from remask.data.template import ROLES, render
+from remask.devices import pick_device
 from remask.errors import RemaskError
+from remask.model import check_context, context_length, is_causal
+from remask.sampling.config import SAMPLER_FIELDS, ARSampleConfig, DecodeConfig, SampleConfig, sampler_config
+from remask.sampling.decode import decode_stream, for_model
+from remask.sampling.stream import TextDeltas, stop_index
 
 log = logging.getLogger("remask.serve")
 MISSING_EXTRA = "remask serve needs the serve extra: pip install 'remask[serve]'"
-# Request keys that set the SampleConfig field of the same name (diffusion checkpoints).
-DIFFUSION_FIELDS: dict[str, type] = {
-    "steps": int, "block_length": int, "remasking": str, "confidence": str, "threshold": float, "cache": str, "cache_refresh": int,
-    "cfg_scale": float, "logits_eos_inf": bool, "confidence_eos_eot_inf": bool, "early_stop": bool,
-    "remask_committed": int, "remask_below": float}
-AR_FIELDS: dict[str, type] = {"top_k": int, "top_p": float}
-ROLES = ("system", "user", "assistant")
+# Sampler settings a request may send under their field names (``sampling.config``); the answer
+# length comes as OpenAI's max_tokens, and precision and compilation are the server's own.
+SERVER_ONLY = ("gen_length", "dtype", "compile")
+REQUEST_FIELDS = tuple(name for name in SAMPLER_FIELDS if name not in SERVER_ONLY)
 
 
 def _need(module: str) -> Any:
@@ -76,6 +80,27 @@ def _get(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "an object"}
     check(ok, f"'{key}' must be {names[kind]}, got {json.dumps(value)[:40]}")
     return float(value) if kind is float else value
+
+
+def json_kind(name: str) -> type:
+    """The JSON type a request sends for sampler setting ``name``: its field's type, None allowed."""
+    hint = {**typing.get_type_hints(SampleConfig), **typing.get_type_hints(ARSampleConfig)}[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def request_schema(defaults: DecodeConfig) -> dict[str, Any]:
+    """The JSON schema of the sampler settings a request may send: name, type, default (the server's,
+    for the checkpoint's kind of decoder) and description, each from its dataclass field."""
+    names = {int: "integer", float: "number", bool: "boolean", str: "string"}
+    props = {"max_tokens": {"type": "integer", "default": defaults.gen_length,
+                            "description": SAMPLER_FIELDS["gen_length"].metadata["help"]}}
+    for name in REQUEST_FIELDS:
+        f = SAMPLER_FIELDS[name]
+        default = getattr(defaults, name, f.default)
+        props[name] = {"type": names[json_kind(name)], "default": default, "description": f.metadata["help"],
+                       **({"enum": list(f.metadata["choices"])} if f.metadata.get("choices") else {})}
+    return {"type": "object", "properties": props}
 
 
 def _stops(value: Any) -> list[str]:
@@ -146,10 +171,11 @@ class StopCut:
 class Engine:
     """One model and its tokenizer: requests -> jobs -> text, blocking (the app runs it off the loop)."""
 
-    def __init__(self, model: Any, tokenizer: Any, defaults: Any, *, random_seed: bool = False) -> None:
-        self.model, self.tok, self.defaults, self.random_seed = model, tokenizer, defaults, random_seed
-        self.causal = bool(getattr(getattr(model, "cfg", None), "causal", False))
-        self.context = getattr(getattr(model, "cfg", None), "max_seq_len", None)
+    def __init__(self, model: Any, tokenizer: Any, defaults: DecodeConfig, *, random_seed: bool = False) -> None:
+        self.model, self.tok, self.random_seed = model, tokenizer, random_seed
+        self.defaults = for_model(defaults, model)
+        self.causal = is_causal(model)
+        self.context = context_length(model)
         self.vocab = getattr(getattr(model, "cfg", None), "vocab_size", None) or tokenizer.vocab_size
         self.ends = {tokenizer.eos_id} | ({tokenizer.eot_id} if getattr(tokenizer, "eot_id", None) is not None
                                           else set())
@@ -177,7 +203,6 @@ class Engine:
 
     def encode_chat(self, messages: Any) -> list[int]:
         """OpenAI ``messages`` -> the chat template's text up to the assistant header, as ids."""
-        from remask.data.chat import render
 
         check(isinstance(messages, list) and len(messages) > 0,
               "'messages' is required: a non-empty list of {\"role\", \"content\"} objects")
@@ -200,66 +225,52 @@ class Engine:
 
     def job(self, body: dict[str, Any], prompts: list[list[int]]) -> Job:
         """Validate a request's sampling fields against the server's defaults (RemaskError if wrong)."""
-        from remask.sampling.ar import ARSampleConfig
-
         d = self.defaults
         max_tokens = _get(body, "max_completion_tokens", int, None)  # chat's newer name for max_tokens
         max_tokens = _get(body, "max_tokens", int, d.gen_length) if max_tokens is None else max_tokens
         check(max_tokens > 0, f"max_tokens must be positive, got {max_tokens}")
-        temperature = _get(body, "temperature", float, d.temperature)
-        seed = _get(body, "seed", int, secrets.randbelow(2**31) if self.random_seed else d.seed)
         check(_get(body, "n", int, 1) == 1, "'n' must be 1; send a list of prompts for several completions")
         check(not body.get("logprobs") and not body.get("echo"), "logprobs and echo are not supported")
         stop = _stops(body.get("stop"))
         stream = _get(body, "stream", bool, False)
         include_usage = _get(_get(body, "stream_options", dict, {}), "include_usage", bool, False)
-        if self.causal:
-            given = [k for k in DIFFUSION_FIELDS if body.get(k) is not None]
-            check(not given, f"'{given[0] if given else ''}' is a diffusion sampler setting; this checkpoint "
-                             "is autoregressive (causal)")
-            cfg: Any = ARSampleConfig(max_new_tokens=max_tokens, temperature=temperature, seed=seed,
-                                      **{k: _get(body, k, kind, None) for k, kind in AR_FIELDS.items()})
-            length = max_tokens
-        else:
-            check(body.get("top_k") is None and body.get("top_p") in (None, 1, 1.0),
-                  "top_k / top_p apply to AR checkpoints; a diffusion sampler takes temperature and remasking")
-            extra = {k: _get(body, k, kind, getattr(d, k)) for k, kind in DIFFUSION_FIELDS.items()}
-            block = extra["block_length"]
-            length = -(-max_tokens // block) * block if block and block > 0 else max_tokens  # whole blocks
-            if body.get("steps") is None:  # keep the server's steps per token, a multiple of the blocks
-                blocks = length // block if block and block > 0 else 1
-                extra["steps"] = max(blocks, -(-round(d.steps * length / d.gen_length) // blocks) * blocks)
-            cfg = replace(d, gen_length=length, temperature=temperature, seed=seed, **extra)  # validates
-        longest = max(len(p) for p in prompts)
-        check(self.context is None or longest + length <= self.context,
-              f"prompt ({longest} tokens) + max_tokens {max_tokens}"
-              f"{f' (rounded up to whole blocks: {length})' if length != max_tokens else ''} exceeds the model "
-              f"context of {self.context} tokens; shorten the prompt or lower max_tokens")
-        return Job(prompts, cfg, max_tokens, stop, stream, include_usage, seed)
+        settings = {k: _get(body, k, json_kind(k), None) for k in REQUEST_FIELDS}
+        if settings["top_p"] == 1.0:  # OpenAI clients send it by default: no nucleus cut, for either decoder
+            settings["top_p"] = None
+        if settings["seed"] is None:
+            settings["seed"] = secrets.randbelow(2**31) if self.random_seed else d.seed
+        settings["gen_length"] = length = max_tokens if self.causal else self._whole_blocks(max_tokens, settings)
+        cfg, foreign = sampler_config(settings, causal=self.causal, base=d)  # validates
+        check(not foreign, f"'{foreign[0] if foreign else ''}' is "
+                           f"{'a diffusion sampler setting; this checkpoint is autoregressive (causal)' if self.causal else 'an AR sampler setting (top_k, top_p, kv_cache); this checkpoint is a masked diffusion model, which takes temperature and remasking'}")
+        rounded = f" (rounded up to whole blocks: {length})" if length != max_tokens else ""
+        check_context(self.model, max(len(p) for p in prompts), length,
+                      f"prompt ({{used}} tokens) + max_tokens {max_tokens}{rounded} exceeds the model context of "
+                      "{limit} tokens; shorten the prompt or lower max_tokens")
+        return Job(prompts, cfg, max_tokens, stop, stream, include_usage, cfg.seed)
+
+    def _whole_blocks(self, max_tokens: int, settings: dict[str, Any]) -> int:
+        """A diffusion canvas covers whole blocks: max_tokens rounded up. Without ``steps`` the request
+        keeps the server's steps per token (a multiple of the blocks), set in ``settings``."""
+        d = self.defaults
+        block = settings["block_length"] if settings["block_length"] is not None else d.block_length
+        length = -(-max_tokens // block) * block if block and block > 0 else max_tokens
+        if settings["steps"] is None:
+            blocks = length // block if block and block > 0 else 1
+            settings["steps"] = max(blocks, -(-round(d.steps * length / d.gen_length) // blocks) * blocks)
+        return length
 
     def steps(self, job: Job) -> Steps:
-        """(the answer columns (B, max_tokens), forward passes so far, passes saved) after every step.
-        The prompts are checked now, not at the first step."""
-        if self.causal:
-            return self._ar(job)
-        from remask.sampling import generate_stream
-
+        """(the answer columns (B, max_tokens), forward passes so far, passes saved) after every step:
+        a denoising step, or one token of an AR checkpoint. The prompts are checked now."""
         tok, n = self.tok, job.cfg.gen_length
-        events = generate_stream(self.model, job.prompts, job.cfg, mask_id=tok.mask_id, eos_id=tok.eos_id,
-                                 eot_id=getattr(tok, "eot_id", None))
+        events = decode_stream(self.model, job.prompts, job.cfg, mask_id=tok.mask_id, eos_id=tok.eos_id,
+                               eot_id=getattr(tok, "eot_id", None))
         return ((e.canvas[:, e.canvas.shape[1] - n:][:, :job.max_tokens], e.n_forward, e.n_forward_saved)
                 for e in events)
 
-    def _ar(self, job: Job) -> Steps:
-        from remask.sampling.ar import ar_stream
-
-        steps = ar_stream(self.model, job.prompts, job.cfg, eos_id=self.tok.eos_id, mask_id=self.tok.mask_id)
-        return ((s.tokens, s.n_forward, s.n_forward_saved) for s in steps)  # one step per token
-
     def pieces(self, job: Job, steps: Steps) -> Generator[tuple[int, str] | Result, None, None]:
         """Drive ``steps``: yield (row, newly final text) as each row's stable prefix grows, then the Result."""
-        from remask.sampling import TextDeltas
-
         B = len(job.prompts)
         deltas, cuts = [TextDeltas(self.tok) for _ in range(B)], [StopCut(job.stop) for _ in range(B)]
         last: tuple[Any, int, int] | None = None
@@ -285,10 +296,8 @@ class Engine:
 
     def _answer(self, ids: list[int]) -> tuple[int, bool]:
         """(tokens before the first EOS/EOT or mask, whether EOS/EOT ended the answer)."""
-        for i, t in enumerate(ids):
-            if t in self.ends or t == self.tok.mask_id:
-                return i, t in self.ends
-        return len(ids), False
+        cut = stop_index(ids, self.ends | {self.tok.mask_id})
+        return cut, cut < len(ids) and ids[cut] in self.ends
 
 
 def _drain(pieces: Iterator[tuple[int, str] | Result]) -> Result:
@@ -299,51 +308,107 @@ def _drain(pieces: Iterator[tuple[int, str] | Result]) -> Result:
 
 # ----------------------------------------------------------------------------- app
 
-def create_app(model: Any, tokenizer: Any, *, defaults: Any = None, model_name: str = "remask",
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
+
+
+def _install_error_handlers(app: Any) -> None:
+    """Every error is one JSON object in OpenAI's shape: a user's mistake a one-line 400, a crash a
+    500 without a traceback (the server logs it)."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(RemaskError)
+    async def _remask_error(request: Any, exc: RemaskError) -> Any:
+        return _error(400, http_message(str(exc)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Any, exc: RequestValidationError) -> Any:
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _error(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})")
+        return _error(400, "the request body must be a JSON object")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Any, exc: HTTPException) -> Any:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Any, exc: Exception) -> Any:
+        return _error(500, "internal server error; see the server log", "server_error")
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+async def _stream(engine: Engine, lock: asyncio.Lock, job: Job, steps: Steps, chat: bool,
+                  head: dict[str, Any]) -> Any:
+    """A job as server-sent events: a chunk per text delta, the finish reasons, usage if asked, [DONE].
+    The lock is held per step, never across a yield: a client that stops reading holds nothing."""
+    from starlette.concurrency import run_in_threadpool
+
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(r: int, text: str | None, finish: str | None = None) -> str:
+        if chat:
+            delta = {} if text is None else {"content": text} if r >= 0 else {"role": "assistant", "content": ""}
+            choice = {"index": max(r, 0), "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": r, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return _sse({**head, "object": kind, "choices": [choice]})
+
+    pieces = engine.pieces(job, steps)
+    try:
+        if chat:
+            yield chunk(-1, "")
+        while True:
+            async with lock:
+                item = await run_in_threadpool(next, pieces, None)
+            if item is None:
+                break
+            if not isinstance(item, Result):
+                yield chunk(*item)
+                continue
+            for r, finish in enumerate(item.finish):
+                yield chunk(r, None, finish)
+            if job.include_usage:
+                yield _sse({**head, "object": kind, "choices": [], "usage": usage(job, item)})
+    except RemaskError as e:  # the headers are sent: report in the stream
+        yield _sse({"error": {"message": http_message(str(e)), "type": "invalid_request_error"}})
+    except Exception:
+        log.exception("generation failed")
+        yield _sse({"error": {"message": "internal server error", "type": "server_error"}})
+    finally:
+        pieces.close()
+    yield "data: [DONE]\n\n"
+
+
+def create_app(model: Any, tokenizer: Any, *, defaults: DecodeConfig | None = None, model_name: str = "remask",
                random_seed: bool = False) -> Any:
     """A FastAPI app serving ``model`` (nothing is started; ``serve`` runs it under uvicorn).
 
-    defaults: the SampleConfig requests start from (None: ``SampleConfig()``; for a causal model its
-    gen_length, temperature and seed). random_seed: a request without ``seed`` draws a fresh one
-    (else ``defaults.seed``, so equal requests get equal answers).
+    defaults: the sampler settings requests start from (None: the dataclass defaults; a config of
+    the other kind gives its shared settings, see ``sampling.decode.for_model``). random_seed: a
+    request without ``seed`` draws a fresh one (else ``defaults.seed``, so equal requests get
+    equal answers). The request schema at /openapi.json is derived from the sampler fields.
     """
     _need("fastapi")
     from fastapi import Body, FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import StreamingResponse
     from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
 
     from remask import __version__
-    from remask.sampling import SampleConfig
 
     engine = Engine(model, tokenizer, defaults if defaults is not None else SampleConfig(), random_seed=random_seed)
     lock = asyncio.Lock()  # one model: one generation (or stream step) at a time
     started = int(time.time())
     app = FastAPI(title="remask", version=__version__, description="OpenAI-compatible completions from a remask checkpoint")
     app.state.engine = engine
-
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
-        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
-
-    @app.exception_handler(RemaskError)
-    async def _remask_error(request: Any, exc: RemaskError) -> Any:
-        return error(400, http_message(str(exc)))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Any, exc: RequestValidationError) -> Any:
-        first = exc.errors()[0] if exc.errors() else {}
-        if first.get("type") == "json_invalid":
-            return error(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})")
-        return error(400, "the request body must be a JSON object")
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Any, exc: HTTPException) -> Any:
-        return error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Any, exc: Exception) -> Any:  # logged by the server; no traceback to the client
-        return error(500, "internal server error; see the server log", "server_error")
+    _install_error_handlers(app)
+    schema = {"requestBody": {"content": {"application/json": {"schema": request_schema(engine.defaults)}}}}
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -355,11 +420,11 @@ def create_app(model: Any, tokenizer: Any, *, defaults: Any = None, model_name: 
                                             "owned_by": "remask", "max_model_len": engine.context,
                                             "sampler": "ar" if engine.causal else "llada"}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=schema)
     async def completions(body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008 (FastAPI's idiom)
         return await respond(engine.job(body, engine.encode_prompts(body.get("prompt"))), chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=schema)
     async def chat_completions(body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
         return await respond(engine.job(body, [engine.encode_chat(body.get("messages"))]), chat=True)
 
@@ -368,7 +433,7 @@ def create_app(model: Any, tokenizer: Any, *, defaults: Any = None, model_name: 
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
                 "model": model_name, "seed": job.seed}
         if job.stream:
-            return StreamingResponse(stream(job, steps, chat, head), media_type="text/event-stream",
+            return StreamingResponse(_stream(engine, lock, job, steps, chat, head), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         async with lock:
             result = await run_in_threadpool(_drain, engine.pieces(job, steps))
@@ -379,43 +444,6 @@ def create_app(model: Any, tokenizer: Any, *, defaults: Any = None, model_name: 
         return {**head, "object": "chat.completion" if chat else "text_completion", "choices": choices,
                 "usage": usage(job, result)}
 
-    async def stream(job: Job, steps: Steps, chat: bool, head: dict[str, Any]) -> Any:
-        def chunk(r: int, text: str | None, finish: str | None = None) -> str:
-            if chat:
-                delta = {} if text is None else {"content": text} if r >= 0 else {"role": "assistant", "content": ""}
-                choice = {"index": max(r, 0), "delta": delta, "finish_reason": finish}
-            else:
-                choice = {"index": r, "text": text or "", "logprobs": None, "finish_reason": finish}
-            obj = {**head, "object": "chat.completion.chunk" if chat else "text_completion", "choices": [choice]}
-            return f"data: {json.dumps(obj)}\n\n"
-
-        pieces = engine.pieces(job, steps)
-        try:
-            if chat:
-                yield chunk(-1, "")
-            while True:
-                async with lock:  # per step, never across a yield: a client that stops reading holds nothing
-                    item = await run_in_threadpool(next, pieces, None)
-                if item is None:
-                    break
-                if isinstance(item, Result):
-                    for r, finish in enumerate(item.finish):
-                        yield chunk(r, None, finish)
-                    if job.include_usage:
-                        obj = {**head, "object": "chat.completion.chunk" if chat else "text_completion",
-                               "choices": [], "usage": usage(job, item)}
-                        yield f"data: {json.dumps(obj)}\n\n"
-                else:
-                    yield chunk(*item)
-        except RemaskError as e:  # the headers are sent: report in the stream
-            yield f"data: {json.dumps({'error': {'message': http_message(str(e)), 'type': 'invalid_request_error'}})}\n\n"
-        except Exception:
-            log.exception("generation failed")
-            yield f"data: {json.dumps({'error': {'message': 'internal server error', 'type': 'server_error'}})}\n\n"
-        finally:
-            pieces.close()
-        yield "data: [DONE]\n\n"
-
     return app
 
 
@@ -425,43 +453,25 @@ def usage(job: Job, result: Result) -> dict[str, int]:
             "forward_passes": result.n_forward, "forward_passes_saved": result.n_forward_saved}
 
 
-def serve(ckpt: str | Path, host: str = "127.0.0.1", port: int = 8000, *, defaults: Any = None,
-          device: str = "auto", model_name: str | None = None, random_seed: bool = True,
-          log_level: str = "info") -> None:
-    """Load a checkpoint and serve it with uvicorn until interrupted (``remask serve``)."""
-    from remask.train.checkpoint import load_model, resolve_checkpoint
-    from remask.train.distributed import pick_device
+def serve(ckpt: str | Path, host: str = "127.0.0.1", port: int = 8000, *, defaults: DecodeConfig | None = None,
+          settings: dict[str, Any] | None = None, device: str = "auto", model_name: str | None = None,
+          random_seed: bool = True, log_level: str = "info") -> None:
+    """Load a checkpoint and serve it with uvicorn until interrupted (``remask serve``).
+
+    settings: named sampler settings (``remask serve``'s flags) applied on ``defaults`` once the
+    checkpoint's kind of decoder is known; those only the other kind takes are logged and ignored.
+    """
 
     _need("fastapi")
     uvicorn = _need("uvicorn")
     check(0 < port < 65536, f"--port must be in 1..65535, got {port}")
     path = resolve_checkpoint(ckpt)
     model, tok = load_model(path, pick_device(device))
+    if settings is not None:
+        defaults, ignored = sampler_config(settings, causal=is_causal(model), base=defaults)
+        if ignored:
+            log.warning("ignored for this %s checkpoint: %s", "causal" if is_causal(model) else "diffusion",
+                        ", ".join(ignored))
     name = model_name or (path.parent.name if path.name == "checkpoint" else path.name)
     app = create_app(model, tok, defaults=defaults, model_name=name, random_seed=random_seed)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_args(p: argparse.ArgumentParser) -> None:
-    from remask.cli import add_sampler_args
-
-    add_sampler_args(p, prompt=False)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model-name", default=None, help="the model id in responses (default: the run's name)")
-    p.set_defaults(seed=None)  # without --seed, each request that sends no seed draws a fresh one
-
-
-def run(args: argparse.Namespace) -> int:
-    from remask.cli import sample_config
-
-    check(not args.show_steps, "--show-steps draws in a terminal; remask serve has none, drop it")
-    fixed = args.seed is not None
-    defaults = sample_config(argparse.Namespace(**{**vars(args), "seed": args.seed if fixed else 0}))
-    if args.json:
-        print(json.dumps({"url": f"http://{args.host}:{args.port}", "ckpt": str(args.ckpt)}), flush=True)
-    serve(args.ckpt, args.host, args.port, defaults=defaults, device=args.device, model_name=args.model_name,
-          random_seed=not fixed, log_level="warning" if args.json else "info")
-    return 0

@@ -9,13 +9,12 @@
     result = sft("chats.jsonl", "runs/chat", init_from="runs/base")
 
 Progress, checkpoints, metrics and resume are those of ``remask train`` (``remask.train.loop``);
-only the batches differ (``remask.data.chat.SFTBatches``). The run's data options are saved in
+only the batches differ (``remask.data.sft.SFTBatches``). The run's data options are saved in
 ``OUT/sft.json`` so ``--resume`` rebuilds exactly the same batches.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -23,8 +22,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from remask.checkpoint import guard_run_dir, read_config, resolve_checkpoint
 from remask.config import RunConfig, preset_small
-from remask.data.chat import DEFAULT_TEMPLATE, SFTBatches, read_records, split_val, tokenize_records
+from remask.data.sft import SFTBatches, read_records, split_val, tokenize_records
+from remask.data.template import DEFAULT_TEMPLATE
+from remask.data.tokenizer import load_tokenizer
 from remask.errors import RemaskError
 from remask.fileio import write_text_atomic
 from remask.train.loop import TrainResult, train
@@ -59,16 +61,13 @@ def _digest(examples: Sequence[Any]) -> str:
 def _read_run(out_dir: Path) -> tuple[dict[str, Any], RunConfig, Any]:
     """A run's saved SFT options, its config and its tokenizer (for --resume)."""
     from remask.data.tokenizer import load_tokenizer
-    from remask.train.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(out_dir)
     opts_file = out_dir / OPTIONS_FILE
     if not opts_file.is_file():
         raise RemaskError(f"--resume: '{opts_file}' is missing, so '{out_dir}' is not an SFT run; "
                           "resume it with `remask train --resume`")
-    opts = json.loads(opts_file.read_text())
-    meta = json.loads((ckpt / "config.json").read_text())
-    return opts, RunConfig.from_dict({k: meta[k] for k in ("model", "train") if k in meta}), load_tokenizer(ckpt)
+    return json.loads(opts_file.read_text()), read_config(ckpt), load_tokenizer(ckpt)
 
 
 def sft(data: str | Path | Sequence[str | Path] | None, out_dir: str | Path, *, cfg: RunConfig | None = None,
@@ -89,7 +88,6 @@ def sft(data: str | Path | Sequence[str | Path] | None, out_dir: str | Path, *, 
     sets the new max_steps / time_budget; None keeps the run's own).
     """
     from remask.data.tokenizer import load_tokenizer
-    from remask.train.checkpoint import guard_run_dir, resolve_checkpoint
 
     out_dir = Path(out_dir)
     guard_run_dir(out_dir, resume=resume, overwrite=overwrite)
@@ -108,8 +106,7 @@ def sft(data: str | Path | Sequence[str | Path] | None, out_dir: str | Path, *, 
         t = replace(cfg.train, objective=objective)
         if init_from is not None:
             base = resolve_checkpoint(init_from)
-            base_cfg = RunConfig.from_dict({k: v for k, v in json.loads((base / "config.json").read_text()).items()
-                                            if k in ("model", "train")})
+            base_cfg = read_config(base)
             if base_cfg.model.causal != (objective == "ar"):
                 kind = "causal (AR)" if base_cfg.model.causal else "bidirectional (MDM)"
                 raise RemaskError(f"--ckpt {init_from} is a {kind} model; use --objective "
@@ -151,51 +148,8 @@ def sft(data: str | Path | Sequence[str | Path] | None, out_dir: str | Path, *, 
 def _store_template(ckpt: Path, template: str) -> None:
     """Make sure the checkpoint's tokenizer carries the run's chat template. (A run started from a
     base checkpoint saves the base's tokenizer object, which may have none.)"""
-    from remask.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(ckpt)
     if tok.chat_template != template:
         tok.chat_template = template
         tok.save(ckpt)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_args(p: argparse.ArgumentParser) -> None:
-    from remask.cli import add_run_args
-
-    p.add_argument("--data", nargs="+", default=None, help=".jsonl files/dirs: {messages: [...]} or {prompt, response}")
-    p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--ckpt", default=None, help="base checkpoint to fine-tune (default: a fresh model)")
-    p.add_argument("--objective", choices=["sft", "ar"], default=None, help="sft (LLaDA, default) or ar (baseline)")
-    p.add_argument("--template", type=Path, default=None, help="file holding a Jinja2 chat template")
-    p.add_argument("--split-turns", action="store_true", help="one single-turn pair per assistant turn")
-    p.add_argument("--skip-bad", action="store_true", help="skip bad or too-long records (counted) instead of failing")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="examples held out for validation")
-    p.add_argument("--buckets", type=int, default=8, help="length buckets (1: no bucketing)")
-    p.add_argument("--tokenizer", default=None, help="fresh models only: 'bytes' (default) or a tokenizer path")
-    add_run_args(p, seq_len_help="longest example in tokens (longer ones are errors)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from remask.cli import RUN_SHORTCUTS, emit, resolve_config
-
-    cfg = resolve_config(args, RUN_SHORTCUTS)
-    template = None
-    if args.template is not None:
-        try:
-            template = args.template.read_text(encoding="utf-8")
-        except OSError as e:
-            raise RemaskError(f"--template '{args.template}' cannot be read ({e.strerror})") from None
-    res = sft(args.data, args.out, cfg=cfg, init_from=args.ckpt, resume=args.resume, overwrite=args.overwrite,
-              tokenizer=args.tokenizer,
-              objective=args.objective, template=template, split_turns=args.split_turns, skip_bad=args.skip_bad,
-              val_fraction=args.val_fraction, buckets=args.buckets)
-    r = res.train
-    human = (f"step {r.step}: validation loss {r.val_loss:.4f} per answer token; {r.tokens_per_s:,.0f} tokens/s\n"
-             f"{res.examples} training / {res.val_examples} validation examples, {res.skipped} skipped; "
-             f"padding {100 * res.padding_fraction:.1f}% of tokens "
-             f"({100 * res.padding_fraction_unbucketed:.1f}% without bucketing)\n"
-             f"checkpoint: {r.checkpoint}")
-    emit(args, res.to_json(), human)
-    return 0

@@ -55,9 +55,9 @@ class RemaskLM(LM):
                  steps: int | None = None, block_length: int | None = None, remasking: str = "low_confidence",
                  temperature: float = 0.0, window: int | None = None, stride: int | None = None) -> None:
         super().__init__()
+        from remask.checkpoint import load_checkpoint
+        from remask.devices import pick_device
         from remask.likelihood import LikelihoodConfig
-        from remask.train.checkpoint import load_checkpoint
-        from remask.train.distributed import pick_device
 
         ck = load_checkpoint(ckpt, pick_device(device or "auto"))
         self.model, self.tok, self.path = ck.model, ck.tokenizer, ck.path
@@ -162,7 +162,7 @@ class RemaskLM(LM):
     # ------------------------------------------------------------------------- chat
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        from remask.data.chat import render
+        from remask.data.template import render
 
         return render(chat_history, self.tok, add_generation_prompt=add_generation_prompt)
 
@@ -171,7 +171,7 @@ class RemaskLM(LM):
         return f"remask-{self.tok.kind}-{self.tok.digest()[:12]}"
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
-        from remask.data.chat import template_of
+        from remask.data.template import template_of
 
         return template_of(self.tok) if chat_template else None
 

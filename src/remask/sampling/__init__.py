@@ -8,11 +8,14 @@
 Fast settings: ``SampleConfig(remasking="threshold", threshold=0.9, cache="dual")``.
 """
 
-from remask.sampling.cache import CACHE_MODES, BlockForward, guided_logits
+from remask.guidance import guided_logits
+from remask.sampling.ar import ARGeneration, ARStep, ar_generate, ar_stream
+from remask.sampling.cache import CACHE_MODES, BlockForward
+from remask.sampling.config import ARSampleConfig, DecodeConfig, SampleConfig, sampler_config
+from remask.sampling.decode import decode, decode_stream, for_model
 from remask.sampling.infill import infill, parse_infill
 from remask.sampling.loop import (
     Generation,
-    SampleConfig,
     StepEvent,
     add_gumbel_noise,
     denoise,
@@ -34,14 +37,18 @@ from remask.sampling.rules import (
     top_k,
 )
 from remask.sampling.schedule import num_transfer_tokens
-from remask.sampling.stream import TextDeltas, text_deltas, trim_eos
+from remask.sampling.stream import TextDeltas, stop_index, text_deltas, trim_eos
 
 __all__ = [
     "CACHE_MODES",
     "CONFIDENCES",
     "RULES",
+    "ARGeneration",
+    "ARSampleConfig",
+    "ARStep",
     "BlockForward",
     "Confidence",
+    "DecodeConfig",
     "Generation",
     "Rule",
     "SampleConfig",
@@ -49,9 +56,14 @@ __all__ = [
     "TextDeltas",
     "above_threshold",
     "add_gumbel_noise",
+    "ar_generate",
+    "ar_stream",
+    "decode",
+    "decode_stream",
     "demote",
     "denoise",
     "entropy_confidence",
+    "for_model",
     "generate",
     "generate_stream",
     "guided_logits",
@@ -61,7 +73,9 @@ __all__ = [
     "num_transfer_tokens",
     "parse_infill",
     "random_confidence",
+    "sampler_config",
     "select_topk",
+    "stop_index",
     "text_deltas",
     "top_k",
     "trim_eos",

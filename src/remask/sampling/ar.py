@@ -12,38 +12,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from remask.config import check, option
 from remask.errors import RemaskError
-
-
-@dataclass(kw_only=True)
-class ARSampleConfig:
-    max_new_tokens: int = option("tokens to generate", 64)
-    temperature: float = option("0 is greedy", 0.0)
-    top_k: int | None = option("sample among the k most likely tokens (None: all)", None)
-    top_p: float | None = option("nucleus sampling mass (None: off)", None)
-    seed: int = option("seed of the sampling generator", 0)
-    kv_cache: bool = option("reuse the keys/values of earlier tokens (exact for a causal model; one new "
-                            "column per pass instead of the whole prefix)", True)
-    early_stop: bool = option("stop once every row has produced EOS (the rest is EOS)", True)
-
-    def __post_init__(self) -> None:
-        check(self.max_new_tokens > 0, f"--gen-length must be positive, got {self.max_new_tokens}")
-        check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
-        check(self.top_k is None or self.top_k > 0, f"--top-k must be positive, got {self.top_k}")
-        check(self.top_p is None or 0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
+from remask.model import check_context, is_causal, model_device
+from remask.sampling.config import ARSampleConfig
 
 
 @dataclass
 class ARGeneration:
-    tokens: Tensor  # (B, max_new_tokens): generated ids; after early stop, EOS to the end
+    tokens: Tensor  # (B, gen_length): generated ids; after early stop, EOS to the end
     n_forward: int
     n_forward_saved: int = 0  # passes early stop skipped
 
 
 @dataclass
 class ARStep:
-    """The state after one token: ``canvas`` (B, width + max_new_tokens) is the left-padded prompts
+    """The state after one token: ``canvas`` (B, width + gen_length) is the left-padded prompts
     and the ids so far, with ``mask_id`` (else EOS) in the columns not yet decoded, as a diffusion
     ``StepEvent.canvas`` shows them; ``position`` is the generated column just written."""
 
@@ -54,8 +37,13 @@ class ARStep:
     width: int = 0  # prompt columns: the answer is canvas[:, width:]
 
     @property
+    def step(self) -> int:
+        """The step index, as ``StepEvent.step`` names it (one token per step)."""
+        return self.position
+
+    @property
     def tokens(self) -> Tensor:
-        """(B, max_new_tokens) the generated columns."""
+        """(B, gen_length) the generated columns."""
         return self.canvas[:, self.width:]
 
 
@@ -75,7 +63,7 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Ten
 def ar_generate(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampleConfig, *, eos_id: int,
                 mask_id: int | None = None) -> ARGeneration:
     """Decode left to right (``ar_stream`` run to its end) -> the generated tokens and the cost."""
-    *_, last = ar_stream(model, prompts, cfg, eos_id=eos_id, mask_id=mask_id)  # max_new_tokens > 0: >= 1 step
+    *_, last = ar_stream(model, prompts, cfg, eos_id=eos_id, mask_id=mask_id)  # gen_length > 0: >= 1 step
     return ARGeneration(last.tokens, last.n_forward, last.n_forward_saved)
 
 
@@ -92,26 +80,23 @@ def ar_stream(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampleC
     if not prompts or any(len(p) == 0 for p in prompts):
         raise RemaskError("every prompt needs at least one token (e.g. the EOS id as a document start)")
     width = max(len(p) for p in prompts)
-    limit = getattr(getattr(model, "cfg", None), "max_seq_len", None)
-    if limit is not None and width + cfg.max_new_tokens > limit:
-        raise RemaskError(f"prompt ({width} tokens) + --gen-length {cfg.max_new_tokens} exceeds the model context "
-                          f"of {limit} tokens; shorten the prompt or lower --gen-length")
+    check_context(model, width, cfg.gen_length)
     return _decode(model, prompts, cfg, width, eos_id=eos_id, mask_id=mask_id)
 
 
 @torch.inference_mode()
 def _decode(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: ARSampleConfig, width: int, *, eos_id: int,
             mask_id: int | None) -> Iterator[ARStep]:
-    total = width + cfg.max_new_tokens
-    device = next(model.parameters()).device
+    total = width + cfg.gen_length
+    device = model_device(model)
     x = torch.full((len(prompts), total), eos_id, dtype=torch.long, device=device)  # (B, total)
     attn = torch.zeros_like(x, dtype=torch.bool)
     for i, p in enumerate(prompts):
         x[i, width - len(p):width] = torch.tensor(list(p), device=device)
         attn[i, width - len(p):] = True  # generated columns are real too
     padded = not bool(attn[:, :width].all())
-    causal = getattr(getattr(model, "cfg", None), "causal", False)  # a cache is only exact for a causal model
-    cache = model.new_cache(total) if cfg.kv_cache and causal and callable(getattr(model, "new_cache", None)) else None
+    # a cache is only exact for a causal model
+    cache = model.new_cache(total) if cfg.kv_cache and is_causal(model) and callable(getattr(model, "new_cache", None)) else None
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     pending = eos_id if mask_id is None else mask_id
     ended = torch.zeros(len(prompts), dtype=torch.bool, device=device)  # (B,) produced EOS already

@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from remask.devices import autocast
 from remask.errors import RemaskError
+from remask.guidance import guided_logits
 
 CACHE_MODES = ("none", "prefix", "dual")
-DTYPES = ("auto", "float32", "bfloat16")
 
 _COMPILED: weakref.WeakKeyDictionary[Any, Callable[..., Tensor]] = weakref.WeakKeyDictionary()
 
@@ -47,36 +47,6 @@ def compiled(model: Any) -> Callable[..., Tensor]:
     if fn is None:
         fn = _COMPILED[model] = torch.compile(model, dynamic=None)
     return fn
-
-
-def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the forward pass, or None for plain float32. auto: bf16 on CUDA only."""
-    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def guided_logits(model: Callable[..., Tensor], x: Tensor, attn_mask: Tensor | None, prompt_mask: Tensor,
-                  mask_id: int, cfg_scale: float, **cached: Any) -> Tensor:
-    """One forward pass -> (B, W, V) float32 logits, with classifier-free guidance when cfg_scale > 0.
-
-    The unconditional input masks every prompt position (padding stays padding, so it stays
-    hidden by ``attn_mask``); both halves go through the model as one doubled batch, and
-    logits = u + (w + 1)(c - u) (LLaDA, Appendix B.3). ``cached`` (cache=, start=) is passed on
-    to the model: x and prompt_mask are then a window, attn_mask covers the whole sequence.
-    """
-    if cfg_scale <= 0:
-        return _call(model, x, attn_mask, cached).float()
-    uncond = torch.where(prompt_mask, mask_id, x)  # (B, W)
-    both = torch.cat([x, uncond])  # (2B, W)
-    mask2 = None if attn_mask is None else torch.cat([attn_mask, attn_mask])
-    cond_logits, uncond_logits = _call(model, both, mask2, cached).float().chunk(2)  # 2 x (B, W, V)
-    return uncond_logits + (cfg_scale + 1) * (cond_logits - uncond_logits)
-
-
-def _call(model: Callable[..., Tensor], x: Tensor, attn_mask: Tensor | None, cached: dict[str, Any]) -> Tensor:
-    # Plain callables (test doubles) may take no attn_mask: only pass what is there.
-    return model(x, **cached) if attn_mask is None else model(x, attn_mask=attn_mask, **cached)
 
 
 class BlockForward:
@@ -97,9 +67,7 @@ class BlockForward:
         self.run = compiled(model) if compile else model
         self.cfg_scale, self.mask_id, self.prompt_mask, self.attn = cfg_scale, mask_id, prompt_mask, attn_mask
         device = device if device is not None else prompt_mask.device
-        amp = autocast_dtype(dtype, device)
-        self.autocast = (torch.autocast(device_type=device.type, dtype=amp) if amp is not None
-                         else nullcontext())
+        self.autocast = autocast(device, dtype)
         self.cache: Any = None
 
     def __call__(self, x: Tensor, start: int, end: int, first: bool) -> tuple[Tensor, int]:

@@ -21,16 +21,9 @@ import torch
 from torch import Tensor
 
 from remask.errors import RemaskError
-from remask.sampling.loop import (
-    Generation,
-    SampleConfig,
-    StepEvent,
-    check_vocab,
-    context_length,
-    denoise,
-    model_device,
-    run_events,
-)
+from remask.model import check_context, check_vocab, model_device
+from remask.sampling.config import SampleConfig
+from remask.sampling.loop import Generation, StepEvent, denoise, run_events
 
 MARKER = re.compile(r"<mask:([^<>]*)>")
 
@@ -104,10 +97,8 @@ def infill(
                           "give one flag per token")
     if not bool(edit.any()):
         raise RemaskError("nothing to fill: no editable position; mark the span to fill, e.g. <mask:16>")
-    limit = context_length(model)
-    if limit is not None and ids.shape[1] > limit:
-        raise RemaskError(f"the infill text ({ids.shape[1]} tokens, holes included) exceeds the model context of "
-                          f"{limit} tokens; shorten the text or the <mask:N> spans")
+    check_context(model, ids.shape[1], message="the infill text ({used} tokens, holes included) exceeds the model "
+                  "context of {limit} tokens; shorten the text or the <mask:N> spans")
     check_vocab(model, ids[~edit], "the infill text")
     # One block spanning the holes (the same commits as the whole canvas, since only holes are
     # candidates), so a dual cache recomputes just that span and keeps the text around it.

@@ -33,85 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from remask.config import check, option
-from remask.errors import RemaskError
-from remask.sampling.cache import CACHE_MODES, DTYPES, BlockForward
+from remask.config import check
+from remask.model import check_context, check_vocab, model_device
+from remask.sampling.cache import BlockForward
+from remask.sampling.config import SampleConfig
 from remask.sampling.remdm import pick_remasks, remaskable
 from remask.sampling.rules import CONFIDENCES, NEG_INF, RULES, demote, measure_name, top_k
 from remask.sampling.schedule import num_transfer_tokens
-
-
-@dataclass(kw_only=True)
-class SampleConfig:
-    """LLaDA's sampler settings (the arguments of its ``generate``)."""
-
-    gen_length: int = option("number of tokens to generate after the prompt", 64)
-    steps: int = option("denoising steps in total, shared equally by the blocks (one forward pass each)", 64)
-    block_length: int | None = option("semi-autoregressive block length; must divide gen_length (None: one block)",
-                                      None)
-    temperature: float = option("Gumbel-max sampling temperature (0: argmax, deterministic)", 0.0)
-    remasking: str = option("which masked tokens to commit each step: low_confidence (LLaDA), margin, entropy, "
-                            "random, or threshold (parallel decoding)", "low_confidence")
-    cfg_scale: float = option("classifier-free guidance weight w (0: off; >0 doubles the forward passes)", 0.0)
-    logits_eos_inf: bool = option("never generate EOS/EOT: their logits are set to -inf", False)
-    confidence_eos_eot_inf: bool = option("commit EOS/EOT predictions only after every other token of the block",
-                                          False)
-    seed: int = option("seed of the sampling noise (Gumbel draws, random remasking)", 0)
-    confidence: str | None = option("confidence measure: low_confidence, margin, entropy or random "
-                                    "(None: the rule's namesake; low_confidence for threshold)", None)
-    threshold: float = option("remasking=threshold: commit every masked token whose confidence >= this", 0.9)
-    cache: str = option("approximate K/V cache: none (exact), prefix, or dual (prefix and suffix)", "none")
-    cache_refresh: int = option("with a cache: also recompute the whole canvas every this many steps of a block "
-                                "(0: only at each block's first step, as Fast-dLLM)", 0)
-    early_stop: bool = option("stop once the answer has ended: a block committed entirely as EOS, or a block "
-                              "ending in EOS with EOS predicted for the whole rest; the rest is filled with EOS",
-                              True)
-    dtype: str = option("forward-pass precision: auto (bf16 on CUDA), float32 or bfloat16", "auto")
-    compile: bool = option("torch.compile the model's forward pass (pays off on GPU for repeated calls)", False)
-    remask_committed: int = option("ReMDM-style re-masking: at most this many tokens committed earlier in the block "
-                                   "go back to the mask per step (0: off, LLaDA's commits are final)", 0)
-    remask_below: float = option("re-masking: only committed tokens whose current confidence is below this "
-                                 "(same measure as the commits)", 0.5)
-
-    def __post_init__(self) -> None:
-        check(self.gen_length > 0, f"--gen-length must be positive, got {self.gen_length}")
-        check(self.steps > 0, f"--steps must be positive, got {self.steps}")
-        if self.block_length is not None:
-            check(self.block_length > 0,
-                  f"--block-length must be positive (or None for one block), got {self.block_length}")
-            check(self.gen_length % self.block_length == 0,
-                  f"--block-length {self.block_length} must divide --gen-length {self.gen_length}")
-        blocks = self.num_blocks
-        if self.steps % blocks:
-            suggestion = -(-self.steps // blocks) * blocks
-            raise RemaskError(f"--steps {self.steps} must be a multiple of the number of blocks "
-                              f"(--gen-length {self.gen_length} / --block-length {self.block_length} = {blocks}); "
-                              f"try --steps {suggestion}")
-        check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
-        check(self.cfg_scale >= 0, f"--cfg-scale must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
-        check(self.remasking in RULES,
-              f"--remasking {self.remasking!r} is not a known rule; choose one of: {', '.join(sorted(RULES))}")
-        check(self.confidence is None or self.confidence in CONFIDENCES,
-              f"--confidence {self.confidence!r} is not a known measure; choose one of: "
-              f"{', '.join(sorted(CONFIDENCES))}")
-        check(0 < self.threshold <= 1, f"--threshold must be in (0, 1] (confidences are probabilities), "
-                                       f"got {self.threshold}")
-        check(self.cache in CACHE_MODES, f"--cache {self.cache!r} is not a cache mode; choose one of: "
-                                         f"{', '.join(CACHE_MODES)}")
-        check(self.dtype in DTYPES, f"--dtype {self.dtype!r} must be one of: {', '.join(DTYPES)}")
-        check(self.cache_refresh >= 0, f"--cache-refresh must be >= 0 (0: refresh only at block starts), "
-                                       f"got {self.cache_refresh}")
-        check(self.remask_committed >= 0, f"--remask-committed must be >= 0 (0 turns re-masking off), "
-                                          f"got {self.remask_committed}")
-        check(0 < self.remask_below <= 1, f"--remask-below must be in (0, 1] (confidences are probabilities), "
-                                          f"got {self.remask_below}")
-        check(self.remask_committed == 0 or self.steps // blocks >= 2,
-              f"--remask-committed needs at least 2 steps per block (a block's last step never re-masks), got "
-              f"--steps {self.steps} for {blocks} block(s); raise --steps or set --remask-committed 0")
-
-    @property
-    def num_blocks(self) -> int:
-        return self.gen_length // (self.block_length or self.gen_length)
 
 
 @dataclass
@@ -314,28 +242,6 @@ def run_events(events: Iterator[StepEvent], start: Tensor, callback: Callable[[S
     return Generation(tokens=canvas[:, first:], canvas=canvas, n_forward=n_forward, n_forward_saved=saved)
 
 
-def model_device(model: Any) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameter-free callable)."""
-    params = getattr(model, "parameters", None)
-    first = next(iter(params()), None) if callable(params) else None
-    return first.device if first is not None else torch.device("cpu")
-
-
-def context_length(model: Any) -> int | None:
-    """``model.cfg.max_seq_len`` when the model declares one."""
-    limit = getattr(getattr(model, "cfg", None), "max_seq_len", None)
-    return limit if isinstance(limit, int) else None
-
-
-def check_vocab(model: Any, ids: Tensor, what: str) -> None:
-    """Ids outside ``model.cfg.vocab_size`` -> RemaskError (instead of an embedding IndexError)."""
-    vocab = getattr(getattr(model, "cfg", None), "vocab_size", None)
-    if isinstance(vocab, int) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-        bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
-        raise RemaskError(f"{what} holds token id {bad}, outside the model vocabulary (size {vocab}); "
-                          "encode it with the model's own tokenizer")
-
-
 def left_pad(prompts: Sequence[Sequence[int]] | Tensor, pad_id: int,
              device: torch.device) -> tuple[Tensor, Tensor | None]:
     """Prompts -> ((B, P) long left-padded with ``pad_id``, (B, P) bool real-token mask or None if all equal)."""
@@ -391,10 +297,7 @@ def _start(model: Any, prompts: Sequence[Sequence[int]] | Tensor, cfg: SampleCon
     device = model_device(model)
     ids, attn = left_pad(prompts, eos_id, device)  # (B, P), (B, P) or None
     B, P = ids.shape
-    limit = context_length(model)
-    if limit is not None and P + cfg.gen_length > limit:
-        raise RemaskError(f"prompt ({P} tokens) + --gen-length {cfg.gen_length} exceeds the model context of "
-                          f"{limit} tokens; shorten the prompt or lower --gen-length")
+    check_context(model, P, cfg.gen_length)
     check_vocab(model, ids if attn is None else ids[attn], "the prompt")
     masks = torch.full((B, cfg.gen_length), mask_id, dtype=torch.long, device=device)
     canvas = torch.cat([ids, masks], 1)  # (B, L): prompt, then gen_length masks

@@ -15,7 +15,7 @@ time) and stop at the first EOS/EOT: what follows the end of an answer is paddin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from torch import Tensor
@@ -34,17 +34,20 @@ class Decoder(Protocol):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
 
 
+def stop_index(ids: Sequence[int], stops: Collection[int | None]) -> int:
+    """The position of the first id in ``stops`` (``len(ids)`` when there is none)."""
+    return next((i for i, t in enumerate(ids) if t in stops), len(ids))
+
+
 def trim_eos(ids: Sequence[int] | Tensor, eos_id: int, eot_id: int | None = None) -> list[int]:
     """One row of generated ids, cut before its first EOS (or EOT): the answer without its padding.
 
     LLaDA answers end in EOS padding (SFT trains the model to fill the rest of the canvas with
-    EOS), and ``SampleConfig.early_stop`` fills it in without denoising it.
+    EOS), and ``SampleConfig.early_stop`` fills it in without denoising it. Every decoder's
+    answer is cut here: chat, the server, evaluation and ``remask generate --chat``.
     """
     row = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-    for i, t in enumerate(row):
-        if t == eos_id or (eot_id is not None and t == eot_id):
-            return row[:i]
-    return row
+    return row[:stop_index(row, {eos_id, eot_id} - {None})]
 
 
 class TextDeltas:
@@ -85,12 +88,8 @@ class TextDeltas:
 
     def _stable_prefix(self, ids: list[int]) -> tuple[list[int], bool]:
         """(tokens before the first mask or stop token, whether a stop token ended the answer)."""
-        for i, t in enumerate(ids):
-            if t in self.stop_ids:
-                return ids[:i], True
-            if t == self.tokenizer.mask_id:
-                return ids[:i], False
-        return ids, False
+        cut = stop_index(ids, self.stop_ids | {self.tokenizer.mask_id})
+        return ids[:cut], cut < len(ids) and ids[cut] in self.stop_ids
 
 
 def text_deltas(events: Iterable[StepEvent], tokenizer: Decoder, *, gen_length: int, row: int = 0) -> Iterator[str]:

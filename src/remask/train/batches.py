@@ -13,8 +13,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from remask.data.batch import Batch
 from remask.errors import RemaskError
-from remask.objectives import Batch
 from remask.rng import DATA, keyed_generator
 
 

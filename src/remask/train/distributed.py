@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from remask.errors import RemaskError
+from remask.devices import pick_device
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RemaskError(f"--train.device {name} was asked for but no CUDA device is visible; use --train.device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise RemaskError(f"--train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-
-
-def setup(device: str = "auto") -> DistInfo:
-    """Join the process group if launched by torchrun; otherwise a world of one."""
+def setup(device: str = "auto", *, flag: str = "--device") -> DistInfo:
+    """Join the process group if launched by torchrun; otherwise a world of one. ``flag`` names the
+    device setting in errors."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device, local)
+    dev = pick_device(device, local, flag=flag)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

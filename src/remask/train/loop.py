@@ -25,16 +25,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from remask.checkpoint import guard_run_dir, load_checkpoint, save_checkpoint
 from remask.config import RunConfig
+from remask.data.batch import Batch
 from remask.data.tokenizer import load_tokenizer
+from remask.devices import autocast
 from remask.errors import RemaskError
 from remask.fileio import write_text_atomic
 from remask.model import Transformer, build_model
-from remask.objectives import OBJECTIVES, Batch
+from remask.objectives import OBJECTIVES
 from remask.rng import NOISE, STEP, keyed_generator, keyed_uniform
+from remask.sampling.config import SampleConfig
+from remask.sampling.decode import decode
 from remask.train import distributed
 from remask.train.batches import BatchSource, TokenWindows
-from remask.train.checkpoint import guard_run_dir, load_checkpoint, save_checkpoint
 from remask.train.optim import build_optimizer, lr_at
 
 EVAL_SEED = 20250214  # validation noise never changes, so val numbers compare across runs
@@ -55,14 +59,6 @@ class TrainResult:
         return {"step": self.step, "tokens_per_s": round(self.tokens_per_s, 1), "val_loss": self.val_loss,
                 "val_bpb": self.val_bpb, "elapsed_s": round(self.elapsed, 2), "checkpoint": str(self.checkpoint),
                 "samples": self.samples, "interrupted": self.interrupted}
-
-
-def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA by default; full fp32 on CPU (CPU bf16 matmuls are slower)."""
-    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
@@ -310,18 +306,10 @@ def final_samples(model: Transformer, tok: Any, cfg: RunConfig, n: int) -> list[
         return []
     gen_len = min(64, cfg.model.max_seq_len - 1)
     model.eval()
-    if cfg.model.causal:
-        from remask.sampling.ar import ARSampleConfig, ar_generate
-
-        out = ar_generate(model, [[tok.eos_id]] * n, ARSampleConfig(max_new_tokens=gen_len, temperature=0.8, seed=0),
-                          eos_id=tok.eos_id)
-    else:
-        from remask.sampling import SampleConfig, generate
-
-        # Random remasking in short blocks: a small, briefly trained MDM decoded by low confidence
-        # commits its most certain guess, whitespace, everywhere first (measured: 99% spaces).
-        block = 8 if gen_len % 8 == 0 else gen_len
-        sc = SampleConfig(gen_length=gen_len, steps=gen_len, block_length=block, temperature=0.8, remasking="random",
-                          seed=0)
-        out = generate(model, [[tok.eos_id]] * n, sc, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id)
+    # Random remasking in short blocks: a small, briefly trained MDM decoded by low confidence
+    # commits its most certain guess, whitespace, everywhere first (measured: 99% spaces). An AR
+    # model takes the shared settings (length, temperature, seed) of the same config.
+    block = 8 if gen_len % 8 == 0 else gen_len
+    sc = SampleConfig(gen_length=gen_len, block_length=block, temperature=0.8, remasking="random", seed=0)
+    out = decode(model, [[tok.eos_id]] * n, sc, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id)
     return [tok.decode(row.tolist(), skip_special_tokens=True) for row in out.tokens]

@@ -10,17 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model_config
-from remask.data.chat import (
-    DEFAULT_TEMPLATE,
-    SFTBatches,
-    collate,
-    read_records,
-    render,
-    segments,
-    split_val,
-    tokenize,
-    tokenize_records,
-)
+from remask.data.sft import SFTBatches, collate, read_records, split_val, tokenize, tokenize_records
+from remask.data.template import DEFAULT_TEMPLATE, render, segments
 from remask.data.tokenizer import ByteTokenizer, load_tokenizer
 from remask.errors import RemaskError
 from remask.model import build_model

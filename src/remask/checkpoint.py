@@ -60,6 +60,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
                       "pass a directory written by `remask train` or `remask sft`")
 
 
+def read_config(path: str | Path) -> RunConfig:
+    """The run config saved in a checkpoint (or run) directory, without loading its weights."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        meta = json.loads((ckpt / "config.json").read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        raise RemaskError(f"checkpoint '{ckpt}' has an unreadable config.json ({e}); re-save or re-train it") from None
+    if meta.get("format") != FORMAT:
+        raise RemaskError(f"'{ckpt / 'config.json'}' is not a remask checkpoint config (format={meta.get('format')!r})")
+    return RunConfig.from_dict({k: meta[k] for k in ("model", "train") if k in meta})
+
+
 def guard_run_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Nothing is lost: a new run may not replace the checkpoint a directory already holds."""
     if not resume and not overwrite and (Path(out_dir) / "checkpoint").exists():
@@ -108,13 +120,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, wit
     from remask.data.tokenizer import load_tokenizer  # the data package is optional for pure model use
 
     ckpt = resolve_checkpoint(path)
+    config = read_config(ckpt)
     try:
-        meta = json.loads((ckpt / "config.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise RemaskError(f"'{ckpt / 'config.json'}' is not a remask checkpoint config (format={meta.get('format')!r})")
-        config = RunConfig.from_dict({k: meta[k] for k in ("model", "train") if k in meta})
         state = load_file(str(ckpt / "model.safetensors"), device=str(device))
-    except (json.JSONDecodeError, SafetensorError, OSError, KeyError, TypeError) as e:
+    except (SafetensorError, OSError, KeyError, TypeError) as e:
         raise RemaskError(f"checkpoint '{ckpt}' is unreadable ({type(e).__name__}: {e}); re-save or re-train it") from None
 
     with torch.device("meta"):
