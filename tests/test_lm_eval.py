@@ -148,3 +148,35 @@ def test_command_line_wrapper_registers_the_model(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "remask_t_choice" in proc.stdout
     assert list(Path(tmp_path / "out").rglob("results_*.json"))
+
+
+@pytest.mark.slow
+def test_command_line_without_device_runs_on_the_cpu(setup, tmp_path):
+    """lm-eval's own --device default is cuda:0; remask-lm-eval must still run where no CUDA is visible."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "remask.integrations.lm_eval", "--model", "remask", "--model_args",
+           f"ckpt={setup['ckpts']['ar']}", "--include_path", str(setup["tasks"]), "--tasks", "remask_t_choice"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "remask_t_choice" in proc.stdout
+
+
+def test_model_args_are_config_fields_with_one_line_errors(setup, monkeypatch):
+    from remask.errors import RemaskError
+    from remask.integrations.lm_eval import RemaskLM
+
+    lm = RemaskLM(str(setup["ckpts"]["mdm"]), device="cpu", mc_num=8, mc_batch_size=4, estimator="t", cfg_scale=0.5,
+                  steps=4, block_length=2, remasking="random")
+    assert (lm.lcfg.mc_num, lm.lcfg.batch_size, lm.lcfg.estimator, lm.lcfg.cfg_scale) == (8, 4, "t", 0.5)
+    sample = lm._sample_config({"max_gen_toks": 4})
+    assert (sample.gen_length, sample.steps, sample.block_length, sample.remasking, sample.cfg_scale) == \
+        (4, 4, 2, "random", 0.5)  # a setting both configs declare (cfg_scale, seed) goes to both
+    with pytest.raises(RemaskError, match="unknown --model_args key 'bogus'"):
+        RemaskLM(str(setup["ckpts"]["mdm"]), device="cpu", bogus=1)
+    with pytest.raises(RemaskError, match="--steps 3 must be a multiple"):
+        RemaskLM(str(setup["ckpts"]["mdm"]), device="cpu", steps=3, block_length=2)._sample_config({"max_gen_toks": 4})
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(RemaskError, match="device cuda:0 was asked for but no CUDA device is visible; use device cpu"):
+        RemaskLM(str(setup["ckpts"]["mdm"]), device="cuda:0")
+    assert str(RemaskLM(str(setup["ckpts"]["mdm"]), device=None).model.embed.weight.device) == "cpu"

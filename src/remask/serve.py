@@ -82,11 +82,13 @@ def _get(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     return float(value) if kind is float else value
 
 
+_HINTS = {**typing.get_type_hints(SampleConfig), **typing.get_type_hints(ARSampleConfig)}
+
+
 def json_kind(name: str) -> type:
-    """The JSON type a request sends for sampler setting ``name``: its field's type, None allowed."""
-    hint = {**typing.get_type_hints(SampleConfig), **typing.get_type_hints(ARSampleConfig)}[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    """The JSON type a request sends for sampler setting ``name``: its field's type (null aside)."""
+    args = [a for a in typing.get_args(_HINTS[name]) if a is not type(None)]
+    return args[0] if args else _HINTS[name]
 
 
 def request_schema(defaults: DecodeConfig) -> dict[str, Any]:
@@ -96,9 +98,9 @@ def request_schema(defaults: DecodeConfig) -> dict[str, Any]:
     props = {"max_tokens": {"type": "integer", "default": defaults.gen_length,
                             "description": SAMPLER_FIELDS["gen_length"].metadata["help"]}}
     for name in REQUEST_FIELDS:
-        f = SAMPLER_FIELDS[name]
-        default = getattr(defaults, name, f.default)
-        props[name] = {"type": names[json_kind(name)], "default": default, "description": f.metadata["help"],
+        f, kind = SAMPLER_FIELDS[name], names[json_kind(name)]
+        props[name] = {"type": [kind, "null"] if type(None) in typing.get_args(_HINTS[name]) else kind,
+                       "default": getattr(defaults, name, f.default), "description": f.metadata["help"],
                        **({"enum": list(f.metadata["choices"])} if f.metadata.get("choices") else {})}
     return {"type": "object", "properties": props}
 

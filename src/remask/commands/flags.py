@@ -65,10 +65,10 @@ def add_fields(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, 
             p.add_argument(flag, dest=f.name, action=action, default=default, help=_help(f) or None)
             continue
         choices = f.metadata.get("choices")
+        numeric = {int, float} & {hints[f.name], *typing.get_args(hints[f.name])}
         p.add_argument(flag, dest=f.name, type=_converter(hints[f.name], flag[2:]), default=default,
                        choices=list(choices) + ([None] if default is None else []) if choices else None,
-                       metavar=None if choices else "N" if hints[f.name] in (int, float) else "V",
-                       help=f"{_help(f)} [default: %(default)s]")
+                       metavar=None if choices else "N" if numeric else "V", help=f"{_help(f)} [default: %(default)s]")
 
 
 def field_values(args: argparse.Namespace, fields: typing.Iterable[str]) -> dict[str, Any]:

@@ -222,11 +222,6 @@ class HFTokenizer(Tokenizer):
         self.vocab_size = max(tok.get_vocab_size(with_added_tokens=True), max(self.special_ids.values()) + 1)
         self.chat_template = chat_template
 
-    @property
-    def hf(self) -> tokenizers.Tokenizer:
-        """The wrapped ``tokenizers.Tokenizer`` (with the specials added)."""
-        return self._tok
-
     def encode(self, text: str, allow_special: bool = True) -> list[int]:
         # add_special_tokens=False: no post-processor BOS/EOS; callers place specials themselves
         tok = self._tok if allow_special else self._raw

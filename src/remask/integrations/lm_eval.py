@@ -16,13 +16,17 @@ lm-eval's own command line with the same arguments. From Python:
 The three request types:
 
 * ``loglikelihood``: log p(continuation | context); the MDM's Monte Carlo ELBO (``mc_num``,
-  ``mc_batch_size``, ``estimator``, ``cfg``, ``seed``) or the AR checkpoint's exact value.
+  ``mc_batch_size``, ``estimator``, ``cfg_scale``, ``seed``) or the AR checkpoint's exact value.
   ``is_greedy``: whether greedy decoding (LLaDA's low-confidence sampler, one token per step, for
   an MDM) reproduces the continuation.
 * ``loglikelihood_rolling``: the perplexity bound: the document after an EOS, in windows of the
   checkpoint's training length (``window``, ``stride``), as ``remask eval perplexity`` does.
 * ``generate_until``: LLaDA's sampler (``gen_length``, ``steps``, ``block_length``,
-  ``remasking``, ``temperature``) or AR decoding, cut at the first stop string.
+  ``remasking``, ``temperature``, any ``SampleConfig`` field) or AR decoding, cut at the first
+  stop string.
+
+lm-eval's own ``--device`` defaults to ``cuda:0``; ``remask-lm-eval`` passes ``auto`` instead when
+the command line names no device, so it runs on a CPU machine as every remask command does.
 """
 
 from __future__ import annotations
@@ -31,7 +35,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from remask.checkpoint import load_checkpoint
+from remask.config import build
+from remask.data.template import render, template_of
+from remask.devices import pick_device
 from remask.errors import RemaskError
+from remask.evaluate import encode_pair, generate_texts
+from remask.likelihood import LikelihoodConfig, ar_logliks, elbo, rolling_loglik, rolling_windows
+from remask.model import is_causal
+from remask.sampling import DecodeConfig, SampleConfig, generate
+from remask.sampling.config import SAMPLER_FIELDS, sampler_config
 
 try:
     from lm_eval.api.model import LM
@@ -47,33 +60,41 @@ def _size(value: int | str | None, default: int) -> int:
 
 
 class RemaskLM(LM):
-    """A remask checkpoint (MDM or AR) behind lm-eval's LM interface."""
+    """A remask checkpoint (MDM or AR) behind lm-eval's LM interface.
+
+    ``model_args`` other than ckpt, device, the batch sizes, window and stride are settings by
+    their field names: the likelihood's (``LikelihoodConfig``: mc_num, estimator, cfg_scale, seed;
+    its batch_size is ``mc_batch_size`` here, as lm-eval takes ``batch_size``) and the sampler's
+    (``SampleConfig`` / ``ARSampleConfig``: gen_length, steps, block_length, remasking, temperature,
+    ...). Both configs are built by the same builders as the CLI's and the server's, so a default
+    lives in its dataclass alone.
+    """
 
     def __init__(self, ckpt: str, device: str | None = None, batch_size: int | str | None = 1,
-                 max_batch_size: int | None = None, mc_num: int = 128, mc_batch_size: int = 32,
-                 estimator: str = "l", cfg: float = 0.0, seed: int = 0, gen_length: int | None = None,
-                 steps: int | None = None, block_length: int | None = None, remasking: str = "low_confidence",
-                 temperature: float = 0.0, window: int | None = None, stride: int | None = None) -> None:
+                 max_batch_size: int | None = None, mc_batch_size: int | None = None, window: int | None = None,
+                 stride: int | None = None, **settings: Any) -> None:
         super().__init__()
-        from remask.checkpoint import load_checkpoint
-        from remask.devices import pick_device
-        from remask.likelihood import LikelihoodConfig
-
-        ck = load_checkpoint(ckpt, pick_device(device or "auto"))
+        ck = load_checkpoint(ckpt, pick_device(device, flag="device"))
         self.model, self.tok, self.path = ck.model, ck.tokenizer, ck.path
         self.max_len = ck.config.model.max_seq_len
         self.window = window or min(ck.config.train.seq_len, self.max_len)
         self.stride = stride or self.window - 1
-        self.lcfg = LikelihoodConfig(mc_num=mc_num, batch_size=min(mc_batch_size, mc_num), estimator=estimator,
-                                     cfg_scale=cfg, seed=seed)
+        likelihood = {k: v for k, v in settings.items() if k in LikelihoodConfig.__dataclass_fields__}
+        unknown = sorted(set(settings) - set(likelihood) - set(SAMPLER_FIELDS))
+        if unknown:
+            raise RemaskError(f"unknown --model_args key {unknown[0]!r}; valid: ckpt, device, mc_batch_size, window, "
+                              f"stride, {', '.join(sorted(set(LikelihoodConfig.__dataclass_fields__) | set(SAMPLER_FIELDS)))}")
+        if mc_batch_size is not None:
+            likelihood["batch_size"] = mc_batch_size
+        self.lcfg = build(LikelihoodConfig, likelihood, "model_args")
         self.batch = _size(batch_size, 16)
-        self.gen = {"gen_length": gen_length, "steps": steps, "block_length": block_length, "remasking": remasking,
-                    "temperature": temperature, "cfg_scale": cfg, "seed": seed}
+        # the sampler settings; gen_length, when not given, follows each request's max_gen_toks
+        self.gen = {k: v for k, v in settings.items() if k in SAMPLER_FIELDS}
         self._key = 0  # a fresh noise key per scored span: independent Monte Carlo errors
 
     @property
     def causal(self) -> bool:
-        return bool(self.model.cfg.causal)
+        return is_causal(self.model)
 
     # ------------------------------------------------------------------------- loglikelihood
 
@@ -87,17 +108,12 @@ class RemaskLM(LM):
 
     def _greedy_mdm(self, ctx: list[int], cont: list[int]) -> bool:
         """Would the sampler, at temperature 0 and one token per step, produce ``cont``?"""
-        from remask.sampling import SampleConfig, generate
-
         cfg = SampleConfig(gen_length=len(cont), steps=len(cont), remasking="low_confidence")
         out = generate(self.model, [ctx], cfg, mask_id=self.tok.mask_id, eos_id=self.tok.eos_id,
                        eot_id=self.tok.eot_id)
         return out.tokens[0].tolist() == cont
 
     def loglikelihood(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        from remask.evaluate import encode_pair
-        from remask.likelihood import ar_logliks, elbo
-
         pairs = [self._fit(*encode_pair(self.tok, *req.args)) for req in requests]
         if self.causal:
             results = [(v, bool(g)) for v, g in ar_logliks(self.model, pairs, batch_size=self.batch, with_greedy=True)]
@@ -115,8 +131,6 @@ class RemaskLM(LM):
         return results
 
     def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[float]:
-        from remask.likelihood import rolling_loglik, rolling_windows
-
         out = []
         for req in requests:
             (text,) = req.args
@@ -130,19 +144,15 @@ class RemaskLM(LM):
 
     # ------------------------------------------------------------------------- generation
 
-    def _sample_config(self, kwargs: dict[str, Any]) -> Any:
-        from remask.sampling import SampleConfig
-
-        n = self.gen["gen_length"] or int(kwargs.get("max_gen_toks", 64))
-        temperature = float(kwargs.get("temperature", self.gen["temperature"])) if kwargs.get("do_sample") \
-            else self.gen["temperature"]
-        return SampleConfig(gen_length=n, steps=self.gen["steps"] or n, block_length=self.gen["block_length"],
-                            temperature=temperature, remasking=self.gen["remasking"], cfg_scale=self.gen["cfg_scale"],
-                            seed=self.gen["seed"])
+    def _sample_config(self, kwargs: dict[str, Any]) -> DecodeConfig:
+        """The model_args' sampler settings; the request sets the length (unless gen_length was
+        given) and, when it samples (do_sample), the temperature."""
+        request = {"gen_length": self.gen.get("gen_length") or int(kwargs.get("max_gen_toks", 64))}
+        if kwargs.get("do_sample") and "temperature" in kwargs:
+            request["temperature"] = float(kwargs["temperature"])
+        return sampler_config({**self.gen, **request}, causal=self.causal)[0]
 
     def generate_until(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[str]:
-        from remask.evaluate import generate_texts
-
         out = []
         for req in requests:
             context, kwargs = req.args
@@ -162,8 +172,6 @@ class RemaskLM(LM):
     # ------------------------------------------------------------------------- chat
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        from remask.data.template import render
-
         return render(chat_history, self.tok, add_generation_prompt=add_generation_prompt)
 
     @property
@@ -171,8 +179,6 @@ class RemaskLM(LM):
         return f"remask-{self.tok.kind}-{self.tok.digest()[:12]}"
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
-        from remask.data.template import template_of
-
         return template_of(self.tok) if chat_template else None
 
 
@@ -191,7 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     register()
-    sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--device" or a.startswith("--device=") for a in args):
+        args += ["--device", "auto"]  # lm-eval's default is cuda:0; ours is CUDA when there is one
+    sys.argv = ["lm_eval", *args]
     cli_evaluate()
 
 
