@@ -4,9 +4,9 @@
     python benchmarks/ar_vs_mdm.py --budgets 50,100,200     # a quicker check
 
 The same backbone (only ``causal`` differs) trains with LLaDA's objective (mdm) and with
-next-token prediction (ar) on the same character-level corpus (tinyshakespeare where
-``../shared/data`` has it, else a slice of the built-in corpus), first 90% for training, last 10%
-held out. At each budget both models get the same number of optimizer steps of the same batch
+next-token prediction (ar) on the same character-level corpus (tinyshakespeare from the dataset
+root: ``--data DIR``, else ``$REMASK_DATA``, else ``../shared/data`` where that exists, else a slice
+of the built-in corpus), first 90% for training, last 10% held out. At each budget both models get the same number of optimizer steps of the same batch
 and sequence length, so the same training tokens and FLOPs (the AR forward is one token
 shorter); each budget is its own run with a cosine schedule over its steps. The two objectives
 train AT THE SAME TIME in two processes with one thread each.
@@ -31,18 +31,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import add_model_args, add_worker_args, barrier, provenance, publish, run_workers, table, work_dir
+from common import (
+    SHAKESPEARE,
+    add_data_arg,
+    add_model_args,
+    add_worker_args,
+    barrier,
+    dataset,
+    provenance,
+    publish,
+    run_workers,
+    table,
+    work_dir,
+)
 from remask.config import ModelConfig, RunConfig, TrainConfig
 from remask.objectives import Batch
 from remask.rng import DATA, keyed_generator
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", default="100,300,800", help="optimizer steps of the three budgets")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a text file (default: tinyshakespeare)")
+    add_data_arg(ap, "tinyshakespeare/", fallback="the built-in corpus")
     add_model_args(ap, d_model=128, n_layer=4, n_head=4)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -54,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def load_text(path: Path) -> tuple[str, str]:
-    """The corpus and its name; the built-in corpus stands in where the file is missing."""
-    if path.is_file():
+def load_text(path: Path | None) -> tuple[str, str]:
+    """The corpus and its name; the built-in corpus stands in where there is no file (None)."""
+    if path is not None:
         return path.read_text(encoding="utf-8"), f"{path.parent.name}/{path.name}"
     from remask.data.corpus import iter_documents
 
@@ -91,16 +101,16 @@ class TextWindows:
 
 def worker(args: argparse.Namespace) -> None:
     """One objective: train every budget from scratch, score each on the held-out text."""
+    from remask.checkpoint import load_model
     from remask.data.tokenizer import ByteTokenizer
     from remask.evaluate import perplexity
     from remask.likelihood import LikelihoodConfig
-    from remask.checkpoint import load_model
     from remask.train.loop import train
 
     torch.set_num_threads(1)
     kind, work = args.worker, args.work_dir
     tok = ByteTokenizer()
-    text, _ = load_text(args.data)
+    text, _ = load_text(dataset(args.data, SHAKESPEARE, optional=True))
     cut = int(len(text) * 0.9)
     ids = tok.encode_array(text)
     source = TextWindows(ids[:cut], ids[cut:], args.seq_len, args.seed, len(text.encode()) / len(ids))
@@ -187,10 +197,11 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     if len(budgets) < 1 or any(b <= 0 for b in budgets):
         raise SystemExit(f"--budgets {args.budgets!r}: give positive step counts, e.g. 100,300,800")
+    text_file = dataset(args.data, SHAKESPEARE, optional=True)  # a missing dataset ends here, before training
     t0 = time.perf_counter()
     with work_dir(args.work_dir, "remask-ar-vs-mdm-") as work:
         res = run_workers(__file__, work, [*sys.argv[1:], "--work-dir", str(work)])
-    _, corpus = load_text(args.data)
+    _, corpus = load_text(text_file)
     png_path = (work if str(args.results) == "-" else args.results).with_suffix(".png")
     plot(res, png_path)
     publish(report(args, res, corpus, time.perf_counter() - t0, png_path.name), args.results)

@@ -1,8 +1,13 @@
-"""Small helpers shared by the benchmark scripts: machine description, tables, result files, and
-running the MDM and AR workers of a comparison at the same time.
+"""Small helpers shared by the benchmark scripts: machine description, tables, result files, where
+the datasets are, and running the MDM and AR workers of a comparison at the same time.
 
 Benchmarks are run as scripts (``python benchmarks/NAME.py``), so this module is imported as
 ``common`` from the script's own directory.
+
+Datasets: every script that reads one takes the dataset ROOT, the folder holding
+``tinyshakespeare/``, ``sudoku_countdown/`` and so on (see ``add_data_arg`` and ``dataset``): ``--data DIR``,
+else the environment variable ``REMASK_DATA``, else ``../shared/data`` beside the repository (a convenience
+on the project's own machines; a user's machine has no such folder).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,11 @@ import torch
 from remask.fileio import write_text_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ENV = "REMASK_DATA"  # the dataset root, when --data is not given
+DEFAULT_DATA = "../shared/data"  # the fallback, relative to the repository root (not to the working directory)
+SHAKESPEARE = "tinyshakespeare/input.txt"  # datasets, relative to the root
+SUDOKU_COUNTDOWN = "sudoku_countdown"
 KINDS = ("mdm", "ar")  # the two workers of an MDM-vs-AR comparison
 BARRIERS = ".barriers"  # under the work dir: one file per worker that reached a named point
 
@@ -101,6 +112,53 @@ def add_worker_args(ap: argparse.ArgumentParser, name: str) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS_DIR / f"{name}.md",
                     help="Markdown results file to write ('-': do not write)")
     ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+def add_data_arg(ap: argparse.ArgumentParser, holds: str, fallback: str | None = None) -> None:
+    """--data DIR: the dataset root (the folder holding ``holds``, e.g. "tinyshakespeare/"); ``fallback``
+    names what the script uses when neither is given and ../shared/data is absent."""
+    last = f", else {fallback}" if fallback else ""
+    ap.add_argument("--data", type=Path, default=None, metavar="DIR",
+                    help=f"dataset root, the folder holding {holds} (default: ${DATA_ENV}, else "
+                         f"{DEFAULT_DATA} relative to the repository root{last})")
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    path: Path
+    source: str  # "--data", "REMASK_DATA" or "default"
+    label: str  # how a report names it: the --data value as given, "$REMASK_DATA" or "../shared/data"
+
+
+def data_root(given: Path | None) -> DataRoot:
+    """The dataset root: ``given`` (--data), else $REMASK_DATA, else ../shared/data beside the repository.
+    A relative --data or REMASK_DATA is relative to the working directory."""
+    if given is not None:
+        return DataRoot(given.expanduser(), "--data", str(given))
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return DataRoot(Path(env).expanduser(), DATA_ENV, f"${DATA_ENV}")
+    return DataRoot((REPO_ROOT / DEFAULT_DATA).resolve(), "default", DEFAULT_DATA)
+
+
+def dataset(given: Path | None, name: str, *, optional: bool = False) -> Path | None:
+    """The file or folder ``name`` (e.g. ``SHAKESPEARE``) under the dataset root of ``data_root(given)``.
+
+    Missing, it ends the script with one line naming --data and REMASK_DATA, except that an
+    ``optional`` dataset under the default root gives None (the script falls back to built-in data)."""
+    root = data_root(given)
+    path, top = root.path / name, name.split("/")[0]
+    if path.exists():
+        return path
+    if optional and root.source == "default":
+        return None
+    if root.path.is_file():
+        raise SystemExit(f"error: {root.path} (from {root.source}) is a file; --data DIR and {DATA_ENV}=DIR name the "
+                         f"dataset root, the folder holding {top}/")
+    raise SystemExit(f"error: {name} not found under {root.path} (from {root.source}); point --data DIR or "
+                     f"{DATA_ENV}=DIR at the dataset root, the folder holding {top}/")
 
 
 # ----------------------------------------------------------------------------- two workers at once

@@ -4,6 +4,11 @@
 # minutes, the MDM stays at the fixed-answer floor on Countdown; see results/planning.md.)
 #
 #   bash benchmarks/gpu_planning.sh            # from the repository root, with remask installed
+#   bash benchmarks/gpu_planning.sh --data DIR # the test sets from DIR/sudoku_countdown
+#                                              # (a relative DIR is taken from the repository root)
+#
+# Data: the dataset root is --data DIR, else $REMASK_DATA, else ../shared/data beside the repository
+# (see benchmarks/common.py). Extra arguments go to benchmarks/planning.py, after the ones below.
 #
 # UNTESTED: written without GPU access. One run of benchmarks/planning.py on CUDA (bf16 autocast),
 # the MDM and AR workers sharing the GPU, about 9 minutes in all: Countdown with 400k generated
@@ -19,4 +24,4 @@ PY
 timeout 560 python benchmarks/planning.py --device cuda --tasks countdown sudoku \
     --d-model 384 --n-layer 6 --n-head 6 --batch-size 256 --countdown-train 400000 \
     --steps '{"countdown": 30000, "sudoku": 30000}' --lr '{"countdown": 1e-3, "sudoku": 1e-3}' \
-    --time-cap 200 --lr-clock time --results benchmarks/results/gpu_planning.md
+    --time-cap 200 --lr-clock time --results benchmarks/results/gpu_planning.md "$@"

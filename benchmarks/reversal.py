@@ -163,8 +163,8 @@ def accuracy(preds: list[str], golds: list[str]) -> float:
 # ----------------------------------------------------------------------------- one model
 
 def worker(args: argparse.Namespace) -> None:
-    from remask.data.tokenizer import ByteTokenizer
     from remask.checkpoint import load_model
+    from remask.data.tokenizer import ByteTokenizer
     from remask.train.loop import train
 
     torch.set_num_threads(1)

@@ -5,8 +5,9 @@
     python benchmarks/sampling.py --device cuda --dtype bfloat16    # GPU (see gpu_sampling.sh)
     python benchmarks/sampling.py ... --sudoku DIR/mdm-sudoku   # + task accuracy (planning.py --work-dir DIR)
 
-1. Data: char-level tinyshakespeare from ../shared/data when present, else remask's built-in
-   corpus; byte tokenizer; the last 10% held out.
+1. Data: char-level tinyshakespeare from the dataset root (``--data DIR``, else ``$REMASK_DATA``,
+   else ``../shared/data`` when present, else remask's built-in corpus); byte tokenizer; the last
+   10% held out. ``--sudoku`` also reads the Sudoku test set, sudoku_countdown/, from that root.
 2. Two models trained AT THE SAME TIME in two processes (one thread each): the masked diffusion
    model and an AR judge (same data, causal) that scores samples. Both train on 256-token windows
    (a CPU cannot train 1088-token windows in minutes); the MDM's max_seq_len is prompt + 1024,
@@ -41,9 +42,13 @@ from typing import Any
 import torch
 
 from common import (
+    SHAKESPEARE,
+    SUDOKU_COUNTDOWN,
+    add_data_arg,
     add_model_args,
     add_worker_args,
     command_line,
+    dataset,
     date,
     machine,
     publish,
@@ -54,7 +59,6 @@ from common import (
 )
 from remask.config import ModelConfig, RunConfig, TrainConfig
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 BLOCK = 32
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("reference (LLaDA)", {}),
@@ -98,8 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", type=Path, help="a trained MDM checkpoint (skip training; needs max_seq_len >= prompt + gen)")
     ap.add_argument("--judge", type=Path, help="a trained AR checkpoint on the same data (skip training)")
-    ap.add_argument("--data", type=Path, default=SHAKESPEARE, help="text to train on (default: tinyshakespeare, "
-                                                                    "else the built-in corpus)")
+    add_data_arg(ap, "tinyshakespeare/ and, for --sudoku, sudoku_countdown/", fallback="the built-in corpus")
     ap.add_argument("--train-seconds", type=float, default=150.0, help="training budget of each model")
     add_model_args(ap, d_model=128, n_layer=4, n_head=4)
     ap.add_argument("--batch-size", type=int, default=8, help="training batch of each model")
@@ -268,11 +271,11 @@ def task_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     Sudoku test set, one puzzle at a time (so passes are per puzzle, as in the text table)."""
     import planning
     from remask.chat import prompt_ids
-    from remask.sampling import SampleConfig, generate
     from remask.checkpoint import load_model
+    from remask.sampling import SampleConfig, generate
 
     model, tok = load_model(args.sudoku, args.device)
-    items = planning.load_tests()["sudoku"]
+    items = planning.load_tests(dataset(args.data, SUDOKU_COUNTDOWN))["sudoku"]
     n = planning.TASKS["sudoku"]["answer"]
     prompts = [prompt_ids(tok, it["prompt"]) for it in items]
     device = next(model.parameters()).device
@@ -367,17 +370,20 @@ def main() -> None:
         worker(args)
         return
     torch.set_num_threads(args.threads)
+    from remask.checkpoint import load_model
     from remask.data.prepare import prepare
     from remask.data.shards import TokenData
     from remask.data.tokenizer import ByteTokenizer
-    from remask.checkpoint import load_model
 
     if args.train_only and args.work_dir is None:
         raise SystemExit("--train-only needs --work-dir (where the checkpoints stay)")
+    text_file = dataset(args.data, SHAKESPEARE, optional=True)  # None: the built-in corpus
+    if args.sudoku is not None:
+        dataset(args.data, SUDOKU_COUNTDOWN)  # a missing test set ends here, before any training
     with work_dir(args.work_dir, "remask-sampling-") as work:
-        inputs = [args.data] if args.data.is_file() else None  # None: the built-in corpus
+        inputs = [text_file] if text_file is not None else None  # None: the built-in corpus
         meta = prepare(inputs, work / "data", ByteTokenizer(), val_fraction=0.1)
-        data_line = (f"{args.data.name if inputs else 'built-in corpus'}, byte tokens, "
+        data_line = (f"{text_file.name if inputs else 'built-in corpus'}, byte tokens, "
                      f"{meta['splits']['train']['tokens']:,} train / {meta['splits']['val']['tokens']:,} val")
         trained: dict[str, dict[str, Any]] = {}
         if args.ckpt is None or args.judge is None:

@@ -2,6 +2,10 @@
 
     python benchmarks/shakespeare_mdm_vs_ar.py                # 10 minutes of training each (~12 min wall)
     python benchmarks/shakespeare_mdm_vs_ar.py --minutes 2    # quick end-to-end check
+    python benchmarks/shakespeare_mdm_vs_ar.py --data DIR     # DIR/tinyshakespeare/input.txt
+
+Data: tinyshakespeare under the dataset root, ``--data DIR``, else ``$REMASK_DATA``, else
+``../shared/data`` beside the repository; missing, the script stops with a one-line error.
 
 The same backbone (remask.model.Transformer; only ``causal`` differs) is trained twice through
 ``remask.train.loop.train``: LLaDA's objective (mdm) and next-token prediction (ar). Both runs
@@ -37,10 +41,13 @@ from typing import Any
 import torch
 
 from common import (
+    SHAKESPEARE,
+    add_data_arg,
     add_model_args,
     add_worker_args,
     barrier,
     command_line,
+    dataset,
     date,
     machine,
     publish,
@@ -51,14 +58,13 @@ from common import (
 )
 from remask.config import ModelConfig, RunConfig, TrainConfig
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 PROMPT = "JULIET:\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="training time budget of each model")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="tinyshakespeare input.txt")
+    add_data_arg(ap, "tinyshakespeare/input.txt")
     add_model_args(ap, d_model=128, n_layer=4, n_head=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -227,14 +233,12 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    if not args.data.is_file():
-        print(f"skip: tinyshakespeare not found at {args.data} (pass --data PATH/input.txt)")
-        return
+    text_file = dataset(args.data, SHAKESPEARE)
     from remask.data.prepare import prepare
     from remask.data.tokenizer import ByteTokenizer
 
     with work_dir(args.work_dir, "remask-shakespeare-") as work:
-        meta = prepare([args.data], work / "data", ByteTokenizer(), val_fraction=0.1)
+        meta = prepare([text_file], work / "data", ByteTokenizer(), val_fraction=0.1)
         load0 = os.getloadavg()[0]
         res = launch(args, work)
         meta["load"] = (load0, os.getloadavg()[0])
