@@ -10,7 +10,6 @@ import torch
 from remask.config import ModelConfig
 from remask.model import build_model
 
-
 torch.set_num_threads(1)  # the CI machine has 2 cores; tiny models gain nothing from more
 
 
