@@ -38,7 +38,7 @@ from remask.model import check_context, check_vocab, model_device
 from remask.sampling.cache import BlockForward
 from remask.sampling.config import SampleConfig
 from remask.sampling.remdm import pick_remasks, remaskable
-from remask.sampling.rules import CONFIDENCES, NEG_INF, RULES, demote, measure_name, top_k
+from remask.sampling.rules import CONFIDENCES, NEG_INF, RULES, Confidence, Rule, demote, measure_name, top_k
 from remask.sampling.schedule import num_transfer_tokens
 
 
@@ -102,6 +102,41 @@ def _finite(confidence: Tensor, candidates: Tensor) -> Tensor:
     return torch.where(candidates, confidence.nan_to_num(nan=lowest), NEG_INF)  # (B, L)
 
 
+@dataclass
+class _Run:
+    """One ``denoise`` call: what it fixes before the first step, then the canvas its steps update."""
+
+    cfg: SampleConfig
+    blocks: list[tuple[int, int]]  # [(start, end), ...] column ranges, filled left to right
+    steps_per_block: int
+    planned: list[int]  # per block: the steps it runs (fewer than steps_per_block if it holds fewer masks)
+    forward: BlockForward  # one step's forward pass (CFG's doubled batch, the K/V cache)
+    rule: Rule  # which masked positions to commit (``rules.RULES``)
+    measure: Confidence  # their scores (``rules.CONFIDENCES``)
+    adaptive: bool  # the rule may commit more than the budget, so a block can fill early
+    passes: int  # network evaluations per step (2 with CFG)
+    banned_ids: Tensor  # (K,) never predicted: the mask, and EOS/EOT with logits_eos_inf
+    ending_ids: Tensor  # (1 or 2,) EOS and EOT, committed last with confidence_eos_eot_inf
+    generator: torch.Generator  # every draw of the run: Gumbel noise, then the measure's, then ReMDM's
+    column: Tensor  # (L,) column indices
+    mask_id: int
+    eos_id: int
+    x: Tensor  # (B, L) x_t: the current canvas
+    masked: Tensor  # (B, L) still-masked positions
+    n_forward: int = 0  # network evaluations so far
+
+
+@dataclass
+class _Block:
+    """The block being filled (Algorithm 5) and what its steps pass on to the next."""
+
+    index: int  # b
+    start: int
+    end: int
+    schedule: Tensor  # (B, steps_per_block) tokens to commit per step; ReMDM adds the ones it re-masks
+    held: Tensor  # (B, W) committed by this block's rule so far (ReMDM)
+
+
 @torch.inference_mode()
 def denoise(
     model: Callable[..., Tensor],
@@ -133,7 +168,50 @@ def denoise(
     ends fully committed, with as many forward passes as without re-masking for the
     fixed-budget rules and at most as many (``sum`` of the planned steps) for ``threshold``.
     """
-    B, L = canvas.shape
+    run = _setup(model, canvas, editable, cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
+                 attn_mask=attn_mask, prompt_mask=prompt_mask, block_bounds=block_bounds)
+    for b, (start, end) in enumerate(run.blocks):
+        if cfg.early_stop and b > 0:  # (a) the previous block is all EOS: the answer has ended
+            fill = _after_ended_block(run, b)  # (B, L)
+            if bool(fill.any()):
+                run.x, run.masked = torch.where(fill, eos_id, run.x), run.masked & ~fill
+                finished = not bool(run.masked.any())
+                yield StepEvent(step=b * run.steps_per_block, block=b, canvas=run.x.clone(), committed=fill,
+                                confidence=torch.full(fill.shape, NEG_INF, device=fill.device),
+                                n_forward=run.n_forward, early_exit=True, remasked=torch.zeros_like(fill),
+                                n_forward_saved=sum(run.planned[b:]) * run.passes if finished else 0)
+                if finished:
+                    return
+        schedule = num_transfer_tokens(run.masked[:, start:end].sum(-1), run.steps_per_block)  # (B, steps_per_block)
+        block = _Block(b, start, end, schedule, held=torch.zeros_like(run.masked[:, start:end]))
+        for i in range(run.planned[b]):
+            if run.adaptive and i > 0 and not bool(run.masked[:, start:end].any()):
+                break  # threshold filled the block early; its remaining steps are not needed
+            refresh = i == 0 or (cfg.cache_refresh > 0 and i % cfg.cache_refresh == 0)  # a full, exact pass
+            logits, offset = run.forward(run.x, start, end, first=refresh)  # (B, W, V) covering [start, end)
+            run.n_forward += run.passes
+            logits = logits.index_fill(-1, run.banned_ids, NEG_INF)
+            committed = torch.zeros_like(run.masked)  # (B, L)
+            exited = cfg.early_stop and b > 0 and i == 0
+            if exited:  # (b) EOS just before the block and predicted for every masked column from here on
+                committed = _rest_predicted_eos(run, logits[:, start - offset:], start)  # (B, L)
+                exited = bool(committed.any())  # once per block
+                run.x, run.masked = torch.where(committed, eos_id, run.x), run.masked & ~committed
+            scores, remasked = _step(run, block, i, logits[:, start - offset:end - offset], committed)
+            finished = exited and not bool(run.masked.any())
+            saved = (run.planned[b] - 1 + sum(run.planned[b + 1:])) * run.passes if finished else 0
+            yield StepEvent(step=b * run.steps_per_block + i, block=b, canvas=run.x.clone(), committed=committed,
+                            confidence=scores, n_forward=run.n_forward, early_exit=exited, n_forward_saved=saved,
+                            remasked=remasked)
+            if finished:
+                return
+
+
+def _setup(model: Callable[..., Tensor], canvas: Tensor, editable: Tensor, cfg: SampleConfig, *, mask_id: int,
+           eos_id: int, eot_id: int | None, attn_mask: Tensor | None, prompt_mask: Tensor | None,
+           block_bounds: Iterable[tuple[int, int]] | None) -> _Run:
+    """``denoise``'s arguments, checked -> its ``_Run``, the canvas x_T with every editable position masked."""
+    L = canvas.shape[1]
     device = canvas.device
     editable = editable.to(device=device, dtype=torch.bool)
     blocks = [(0, L)] if block_bounds is None else [(int(s), int(e)) for s, e in block_bounds]
@@ -142,92 +220,93 @@ def denoise(
     check(cfg.remasking in RULES, f"--remasking {cfg.remasking!r} is not a known rule; choose one of: "
           f"{', '.join(sorted(RULES))}")
     rule, measure = RULES[cfg.remasking], CONFIDENCES[measure_name(cfg.remasking, cfg.confidence)]
-    adaptive = rule is not top_k  # may commit more than the budget, so a block can fill early
     steps_per_block = cfg.steps // len(blocks)
-    passes = 2 if cfg.cfg_scale > 0 else 1
     if prompt_mask is None:
         prompt_mask = ~editable if attn_mask is None else ~editable & attn_mask
     forward = BlockForward(model, cfg.cache, attn_mask=attn_mask, prompt_mask=prompt_mask, mask_id=mask_id,
                            cfg_scale=cfg.cfg_scale, dtype=cfg.dtype, compile=cfg.compile, device=device)
     banned = [mask_id] + ([eos_id] + ([eot_id] if eot_id is not None else []) if cfg.logits_eos_inf else [])
-    banned_ids = torch.tensor(banned, device=device)  # never predicted
-    ending_ids = torch.tensor([eos_id] + ([eot_id] if eot_id is not None else []), device=device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    column = torch.arange(L, device=device)  # (L,)
-    remdm = cfg.remask_committed > 0
-
-    x = torch.where(editable, mask_id, canvas)  # (B, L) x_t: the current canvas
+    ending = [eos_id] + ([eot_id] if eot_id is not None else [])
     masked = editable.clone()  # (B, L) still-masked positions
     # Blocks only change inside themselves, so each block's starting mask count is known now:
     # one host sync here, none in the step. A block whose rows all hold fewer masks than
     # steps ends with steps that commit nothing anywhere; those are skipped (no forward pass).
     planned = [min(steps_per_block, n) for n in
                torch.stack([masked[:, s:e].sum(-1) for s, e in blocks]).amax(-1).tolist()]  # per block
-    n_forward = 0
-    for b, (start, end) in enumerate(blocks):
-        if cfg.early_stop and b > 0:  # (a) the previous block is all EOS: the answer has ended
-            prev_start, prev_end = blocks[b - 1]
-            ended = (x[:, prev_start:prev_end] == eos_id).all(-1)  # (B,)
-            fill = ended[:, None] & masked & (column >= start)  # (B, L)
-            if bool(fill.any()):
-                x, masked = torch.where(fill, eos_id, x), masked & ~fill
-                finished = not bool(masked.any())
-                yield StepEvent(step=b * steps_per_block, block=b, canvas=x.clone(), committed=fill,
-                                confidence=torch.full((B, L), NEG_INF, device=device), n_forward=n_forward,
-                                early_exit=True, n_forward_saved=sum(planned[b:]) * passes if finished else 0,
-                                remasked=torch.zeros_like(fill))
-                if finished:
-                    return
-        schedule = num_transfer_tokens(masked[:, start:end].sum(-1), steps_per_block)  # (B, steps_per_block)
-        held = torch.zeros_like(masked[:, start:end])  # (B, W) committed by this block's rule so far (ReMDM)
-        for i in range(planned[b]):
-            if adaptive and i > 0 and not bool(masked[:, start:end].any()):
-                break  # threshold filled the block early; its remaining steps are not needed
-            refresh = i == 0 or (cfg.cache_refresh > 0 and i % cfg.cache_refresh == 0)  # a full, exact pass
-            logits, offset = forward(x, start, end, first=refresh)  # (B, W, V) covering [start, end)
-            n_forward += passes
-            logits = logits.index_fill(-1, banned_ids, NEG_INF)
-            committed = torch.zeros_like(masked)  # (B, L)
-            exited = cfg.early_stop and b > 0 and i == 0
-            if exited:  # (b) EOS just before the block and predicted for every masked column from here on
-                rest = (logits[:, start - offset:].argmax(-1) == eos_id) | ~masked[:, start:]  # (B, L - start)
-                ended = (x[:, start - 1] == eos_id) & rest.all(-1)  # (B,)
-                committed = ended[:, None] & masked & (column >= start)
-                exited = bool(committed.any())  # once per block
-                x, masked = torch.where(committed, eos_id, x), masked & ~committed
-            lb = logits[:, start - offset:end - offset]  # (B, W, V) the block's columns
-            xb, mb = x[:, start:end], masked[:, start:end]  # (B, W)
-            x0 = torch.where(mb, add_gumbel_noise(lb, cfg.temperature, generator).argmax(-1), xb)  # (B, W) draws
-            confidence = _finite(measure(lb, x0, mb, generator), mb)  # (B, W)
-            order = confidence
-            if cfg.confidence_eos_eot_inf:  # EOS/EOT drawn (not just argmax): commit them last
-                order = demote(confidence, torch.isin(x0, ending_ids))
-            commit = rule(order, schedule[:, i], cfg.threshold)  # (B, W)
-            remasked = torch.zeros_like(masked)  # (B, L)
-            left = planned[b] - 1 - i  # steps of this block after this one
-            if remdm and left > 0:  # ReMDM: doubt earlier commits, scored on the same logits, before writing
-                eligible = remaskable(held, masked, column[start:end])  # (B, W)
-                doubt = measure(lb, xb, eligible, generator)  # (B, W) confidence in the committed token
-                back = pick_remasks(doubt, eligible, cfg.remask_committed, cfg.remask_below)  # (B, W)
-                # the re-masked tokens join the remaining budget, spread over the steps left (front first)
-                schedule[:, i + 1:i + 1 + left] += num_transfer_tokens(back.sum(-1), left)
-                held = held & ~back
-                remasked[:, start:end] = back
-                xb = torch.where(back, mask_id, xb)
-                mb = mb | back
-            held = held | commit
-            x[:, start:end] = torch.where(commit, x0, xb)
-            masked[:, start:end] = mb & ~commit
-            committed[:, start:end] |= commit
-            scores = torch.full((B, L), NEG_INF, device=device)
-            scores[:, start:end] = confidence
-            finished = exited and not bool(masked.any())
-            saved = (planned[b] - 1 + sum(planned[b + 1:])) * passes if finished else 0
-            yield StepEvent(step=b * steps_per_block + i, block=b, canvas=x.clone(), committed=committed,
-                            confidence=scores, n_forward=n_forward, early_exit=exited, n_forward_saved=saved,
-                            remasked=remasked)
-            if finished:
-                return
+    return _Run(cfg=cfg, blocks=blocks, steps_per_block=steps_per_block, planned=planned, forward=forward,
+                rule=rule, measure=measure, adaptive=rule is not top_k, passes=2 if cfg.cfg_scale > 0 else 1,
+                banned_ids=torch.tensor(banned, device=device), ending_ids=torch.tensor(ending, device=device),
+                generator=torch.Generator(device=device).manual_seed(cfg.seed),
+                column=torch.arange(L, device=device), mask_id=mask_id, eos_id=eos_id,
+                x=torch.where(editable, mask_id, canvas), masked=masked)
+
+
+def _after_ended_block(run: _Run, b: int) -> Tensor:
+    """Early exit (a): (B, L) bool, the masks from block ``b`` on of every row whose block ``b - 1`` is all EOS."""
+    prev_start, prev_end = run.blocks[b - 1]
+    ended = (run.x[:, prev_start:prev_end] == run.eos_id).all(-1)  # (B,)
+    return ended[:, None] & run.masked & (run.column >= run.blocks[b][0])  # (B, L)
+
+
+def _rest_predicted_eos(run: _Run, logits: Tensor, start: int) -> Tensor:
+    """Early exit (b): (B, L) bool, the masks from ``start`` on of every row with EOS just before ``start``
+    whose logits (B, L - start, V) (a block's first, full pass) predict EOS at every masked column from there."""
+    rest = (logits.argmax(-1) == run.eos_id) | ~run.masked[:, start:]  # (B, L - start)
+    ended = (run.x[:, start - 1] == run.eos_id) & rest.all(-1)  # (B,)
+    return ended[:, None] & run.masked & (run.column >= start)  # (B, L)
+
+
+def _step(run: _Run, block: _Block, i: int, logits: Tensor, committed: Tensor) -> tuple[Tensor, Tensor]:
+    """Step ``i`` of ``block`` after its forward pass: draw, commit the rule's choice and (ReMDM) re-mask.
+
+    logits: (B, W, V) the block's columns. Writes the step into ``run.x``, ``run.masked`` and
+    ``committed`` (B, L) -> (the measure's scores (B, L), -inf outside the block's masked
+    positions; the positions re-masked (B, L)).
+    """
+    start, end = block.start, block.end
+    xb, mb = run.x[:, start:end], run.masked[:, start:end]  # (B, W)
+    x0, confidence, order = _draw(run, logits, xb, mb)  # (B, W) each
+    commit = run.rule(order, block.schedule[:, i], run.cfg.threshold)  # (B, W)
+    remasked = torch.zeros_like(run.masked)  # (B, L)
+    left = run.planned[block.index] - 1 - i  # steps of this block after this one
+    if run.cfg.remask_committed > 0 and left > 0:  # ReMDM: doubt earlier commits, on the same logits, before writing
+        back = _remask(run, block, logits, xb, i, left)  # (B, W)
+        block.held = block.held & ~back
+        remasked[:, start:end] = back
+        xb = torch.where(back, run.mask_id, xb)
+        mb = mb | back
+    block.held = block.held | commit
+    run.x[:, start:end] = torch.where(commit, x0, xb)
+    run.masked[:, start:end] = mb & ~commit
+    committed[:, start:end] |= commit
+    scores = torch.full(committed.shape, NEG_INF, device=committed.device)  # (B, L)
+    scores[:, start:end] = confidence
+    return scores, remasked
+
+
+def _draw(run: _Run, logits: Tensor, xb: Tensor, mb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Algorithm 4's prediction for the block's masked positions ``mb`` (B, W), from logits (B, W, V)
+    -> (x0 (B, W), the measure's confidence in it (B, W), the order the rule commits by (B, W))."""
+    x0 = torch.where(mb, add_gumbel_noise(logits, run.cfg.temperature, run.generator).argmax(-1), xb)  # (B, W)
+    confidence = _finite(run.measure(logits, x0, mb, run.generator), mb)  # (B, W)
+    order = confidence
+    if run.cfg.confidence_eos_eot_inf:  # EOS/EOT drawn (not just argmax): commit them last
+        order = demote(confidence, torch.isin(x0, run.ending_ids))
+    return x0, confidence, order
+
+
+def _remask(run: _Run, block: _Block, logits: Tensor, xb: Tensor, i: int, left: int) -> Tensor:
+    """ReMDM (``remdm.py``): the tokens committed by earlier steps of ``block`` that go back to the mask, (B, W) bool.
+
+    Each is scored by the run's measure on this step's logits (B, W, V) and its committed token
+    in ``xb`` (B, W); those sent back join the block's schedule for the ``left`` steps after ``i``.
+    """
+    eligible = remaskable(block.held, run.masked, run.column[block.start:block.end])  # (B, W)
+    doubt = run.measure(logits, xb, eligible, run.generator)  # (B, W) confidence in the committed token
+    back = pick_remasks(doubt, eligible, run.cfg.remask_committed, run.cfg.remask_below)  # (B, W)
+    # the re-masked tokens join the remaining budget, spread over the steps left (front first)
+    block.schedule[:, i + 1:i + 1 + left] += num_transfer_tokens(back.sum(-1), left)
+    return back
 
 
 def run_events(events: Iterator[StepEvent], start: Tensor, callback: Callable[[StepEvent], None] | None, *,
