@@ -99,7 +99,7 @@ class TrainConfig:
     eval_mc: int = option("mask draws per validation window for the ELBO", 2)
     log_interval: int = option("append metrics every this many steps", 10)
     ckpt_interval: int = option("checkpoint every this many steps (0: only at the end)", 500)
-    device: str = option("cpu, cuda, cuda:N or auto", "auto")
+    device: str = option("cpu, cuda, cuda:N or auto (auto: CUDA when visible, else the CPU)", "auto")
     dtype: Literal["auto", "float32", "bfloat16"] = option("autocast dtype (auto: bf16 on CUDA, fp32 on CPU)", "auto")
     compile: bool = option("torch.compile each block", False)
     progress: bool = option("show a progress bar", True)

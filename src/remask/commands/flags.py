@@ -49,6 +49,11 @@ def _converter(hint: Any, flag: str) -> Any:
     return convert
 
 
+def _metavar(hint: Any) -> str | None:
+    """N for a number (or an optional one); None lets argparse name the value."""
+    return "N" if {int, float} & {hint, *typing.get_args(hint)} else None
+
+
 def add_fields(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *, skip: tuple[str, ...] = (),
                defaults: dict[str, Any] | None = None) -> None:
     """One ``--field-name`` flag per field of dataclass ``cls`` (but ``skip``): dest, type, default,
@@ -65,10 +70,10 @@ def add_fields(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, 
             p.add_argument(flag, dest=f.name, action=action, default=default, help=_help(f) or None)
             continue
         choices = f.metadata.get("choices")
-        numeric = {int, float} & {hints[f.name], *typing.get_args(hints[f.name])}
         p.add_argument(flag, dest=f.name, type=_converter(hints[f.name], flag[2:]), default=default,
                        choices=list(choices) + ([None] if default is None else []) if choices else None,
-                       metavar=None if choices else "N" if numeric else "V", help=f"{_help(f)} [default: %(default)s]")
+                       metavar=None if choices else _metavar(hints[f.name]) or "V",
+                       help=f"{_help(f)} [default: %(default)s]")
 
 
 def field_values(args: argparse.Namespace, fields: typing.Iterable[str]) -> dict[str, Any]:
@@ -90,23 +95,24 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                                metavar="V", help=f"{text} [{default}]".replace("%", "%%"))
 
 
-# The short flags of every training command and the config fields they set (train adds --objective).
+# The short flags of every training command and the config fields they set.
 RUN_SHORTCUTS = {"time_budget": "train.time_budget", "max_steps": "train.max_steps", "seed": "train.seed",
                  "batch_size": "train.batch_size", "seq_len": "train.seq_len", "device": "train.device"}
 
 
-def add_run_args(p: argparse.ArgumentParser, *, seq_len_help: str | None = None) -> None:
-    """The flags every training command (train, sft) shares: --resume, --overwrite, the
-    ``RUN_SHORTCUTS`` flags, --json, then the config flags of ``add_config_args``."""
+def add_run_args(p: argparse.ArgumentParser, shortcuts: dict[str, str], *, help: dict[str, str] | None = None) -> None:
+    """The flags every training command (train, sft) shares: --resume, --overwrite, one short flag
+    per ``shortcuts`` entry (``--max-steps`` for ``train.max_steps``: type and help from that field,
+    or from ``help``), --json, then the config flags of ``add_config_args``."""
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly (its own config and "
                                                           "limits, unless --max-steps / --time-budget are given)")
     p.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out")
-    p.add_argument("--time-budget", type=float, help="stop after this many seconds")
-    p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch in sequences")
-    p.add_argument("--seq-len", type=int, help=seq_len_help)
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CUDA when visible)")
+    fields, hints = {f.name: f for f in dataclasses.fields(TrainConfig)}, typing.get_type_hints(TrainConfig)
+    for flag, key in shortcuts.items():
+        f = fields[key.partition(".")[2]]
+        text = (help or {}).get(flag) or _help(f)
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=_converter(hints[f.name], key), default=None,
+                       metavar=_metavar(hints[f.name]), help=f"{text} (--{key})")
     p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     add_config_args(p)
 

@@ -22,7 +22,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.05, help="examples held out for validation")
     p.add_argument("--buckets", type=int, default=8, help="length buckets (1: no bucketing)")
     p.add_argument("--tokenizer", default=None, help="fresh models only: 'bytes' (default) or a tokenizer path")
-    add_run_args(p, seq_len_help="longest example in tokens (longer ones are errors)")
+    add_run_args(p, RUN_SHORTCUTS, help={"seq_len": "longest example in tokens (longer ones are errors)"})
 
 
 def run(args: argparse.Namespace) -> int:
