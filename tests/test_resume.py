@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from remask.commands import main
@@ -94,9 +95,14 @@ def test_the_time_budget_counts_the_time_spent_before_resume(tmp_path, text_corp
     run = tmp_path / "run"
     part = train(tiny_cfg(max_steps=6), run, data=text_corpus, callback=stop_at_2)
     assert part.step == 2 and part.elapsed > 1e-6
-    # Two steps took more than the whole budget, so the resumed run stops before taking another.
-    res = cli(capsys, ["train", "--out", str(run), "--resume", "--time-budget", "1e-6"])
+    # Two steps took more than the whole budget, so the resumed run stops before taking another,
+    # and says how to train on.
+    with pytest.warns(UserWarning, match="time budget of 1e-06 s is spent.*--time-budget none"):
+        res = cli(capsys, ["train", "--out", str(run), "--resume", "--time-budget", "1e-6"])
     assert res["step"] == 2 and res["elapsed_s"] == round(part.elapsed, 2)
+    # lifting the budget (and naming new steps) trains on
+    assert cli(capsys, ["train", "--out", str(run), "--resume", "--time-budget", "none"])["step"] == 6
+    assert saved(run, "config.json")["train"]["time_budget"] is None
 
 
 def test_interrupted_moved_and_resumed_equals_uninterrupted(tmp_path, text_corpus, capsys, monkeypatch):

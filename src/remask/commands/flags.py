@@ -111,7 +111,8 @@ def add_run_args(p: argparse.ArgumentParser, shortcuts: dict[str, str], *, help:
     for flag, key in shortcuts.items():
         f = fields[key.partition(".")[2]]
         text = (help or {}).get(flag) or _help(f)
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=_converter(hints[f.name], key), default=None,
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=_converter(hints[f.name], key),
+                       default=argparse.SUPPRESS,  # absent, not None: `--time-budget none` is a value
                        metavar=_metavar(hints[f.name]), help=f"{text} (--{key})")
     p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     add_config_args(p)
@@ -126,10 +127,7 @@ def resolve_config(args: argparse.Namespace, shortcuts: dict[str, str], base: Ru
     if args.config is not None:
         overrides.update(_flatten(_read_config_file(args.config)))
     overrides.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")})
-    for flag, key in shortcuts.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[key] = value
+    overrides.update({key: getattr(args, flag) for flag, key in shortcuts.items() if hasattr(args, flag)})
     cfg = apply_overrides(cfg, overrides)
     if getattr(args, "json", False):
         cfg.train.progress = False

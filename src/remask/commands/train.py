@@ -19,7 +19,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", default=None, help="text files/dirs/.jsonl or a prepared dir; none: built-in")
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="run directory (default: runs/default)")
     p.add_argument("--tokenizer", default=None, help="'bytes' (default) or a tokenizer directory / tokenizer.json")
-    p.add_argument("--objective", choices=["mdm", "ar"], help="mdm (LLaDA, default) or ar (the baseline; SFT is "
+    p.add_argument("--objective", choices=["mdm", "ar"], default=argparse.SUPPRESS, help="mdm (LLaDA, default) or ar (the baseline; SFT is "
                                                               "`remask sft`) (--train.objective)")
     add_run_args(p, RUN_SHORTCUTS)
 

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -282,6 +283,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
     start, t = s.step, cfg.train
     if info.is_main:
         _truncate_metrics(run.metrics_path, start)
+        if t.time_budget is not None and s.elapsed >= t.time_budget and s.step < t.max_steps:
+            warnings.warn(f"the run's time budget of {t.time_budget:g} s is spent ({s.elapsed:.0f} s trained), so no "
+                          "step is taken; raise it with --time-budget SECONDS or lift it with --time-budget none",
+                          stacklevel=2)
     if t.progress and info.is_main:
         m = cfg.model
         print(f"remask {t.objective}: {model.num_params() / 1e6:.2f}M parameters (d_model {m.d_model}, {m.n_layer} "
