@@ -114,3 +114,14 @@ def test_bad_flag_values_are_one_line_usage_errors(capsys):
     assert err.count("\n") == 1 and "--steps" in err and "expects int" in err
     assert main(["generate", "--ckpt", "x", "--cache", "triple"]) == 2
     assert "invalid choice: 'triple'" in capsys.readouterr().err
+
+
+def test_sampler_preset_sets_what_the_flags_leave_at_their_defaults():
+    parser = build_parser(only="generate")
+    args = parser.parse_args(["generate", "--ckpt", "x", "--gen-length", "64", "--sampler-preset", "llada-instruct"])
+    cfg = sample_config(args)
+    assert (cfg.block_length, cfg.remasking, cfg.confidence_eos_eot_inf, cfg.steps) == (32, "low_confidence", True, 64)
+    args = parser.parse_args(["generate", "--ckpt", "x", "--gen-length", "64", "--block-length", "16",
+                              "--sampler-preset", "llada-instruct"])
+    assert sample_config(args).block_length == 16  # a flag given wins over the preset
+    assert sample_config(parser.parse_args(["generate", "--ckpt", "x"])).block_length is None  # no preset: defaults

@@ -177,10 +177,14 @@ def load(args: argparse.Namespace) -> Any:
 def add_sampler_args(p: argparse.ArgumentParser, *, show_steps: bool = True) -> None:
     """The checkpoint flags, then one flag per sampler setting (``sampling.config``: the shared
     ones, LLaDA's, the AR baseline's), then --show-steps."""
-    from remask.sampling.config import ARSampleConfig, DecodeConfig, SampleConfig
+    from remask.sampling.config import SAMPLER_PRESETS, ARSampleConfig, DecodeConfig, SampleConfig
 
     add_ckpt_args(p)
-    add_fields(p.add_argument_group("sampling (every decoder)"), DecodeConfig)
+    group = p.add_argument_group("sampling (every decoder)")
+    group.add_argument("--sampler-preset", choices=sorted(SAMPLER_PRESETS), default=None,
+                       help="start from a named setup (flags given still win): "
+                            + "; ".join(f"{k}: {v}" for k, v in SAMPLER_PRESETS.items()).replace("%", "%%"))
+    add_fields(group, DecodeConfig)
     shared = tuple(f.name for f in dataclasses.fields(DecodeConfig))
     add_fields(p.add_argument_group("sampling (masked diffusion)"), SampleConfig, skip=shared)
     add_fields(p.add_argument_group("sampling (autoregressive checkpoints)"), ARSampleConfig, skip=shared)
@@ -188,12 +192,22 @@ def add_sampler_args(p: argparse.ArgumentParser, *, show_steps: bool = True) -> 
         p.add_argument("--show-steps", action="store_true", help="animate the denoising in the terminal")
 
 
-def sample_config(args: argparse.Namespace, *, causal: bool = False, **override: Any) -> Any:
-    """The parsed sampler flags as the config of a causal or diffusion checkpoint; flags that only
-    the other kind takes are named in a one-line warning and ignored."""
-    from remask.sampling.config import SAMPLER_FIELDS, sampler_config
+def sampler_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed sampler flags by field name, on top of --sampler-preset where one is named: a
+    preset's value replaces a flag left at its default."""
+    from remask.sampling.config import SAMPLER_FIELDS, SAMPLER_PRESETS
 
-    cfg, ignored = sampler_config({**field_values(args, SAMPLER_FIELDS), **override}, causal=causal)
+    values = field_values(args, SAMPLER_FIELDS)
+    preset = SAMPLER_PRESETS.get(getattr(args, "sampler_preset", None) or "", {})
+    return {**values, **{k: v for k, v in preset.items() if values.get(k) == SAMPLER_FIELDS[k].default}}
+
+
+def sample_config(args: argparse.Namespace, *, causal: bool = False, **override: Any) -> Any:
+    """The parsed sampler flags (``sampler_settings``) as the config of a causal or diffusion
+    checkpoint; flags that only the other kind takes are named in a one-line warning and ignored."""
+    from remask.sampling.config import sampler_config
+
+    cfg, ignored = sampler_config({**sampler_settings(args), **override}, causal=causal)
     if ignored:
         kind = "autoregressive" if causal else "masked diffusion"
         flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
@@ -207,4 +221,4 @@ def emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
 
 
 __all__ = ["RUN_SHORTCUTS", "add_ckpt_args", "add_config_args", "add_fields", "add_run_args", "add_sampler_args",
-           "emit", "field_values", "load", "resolve_config", "sample_config"]
+           "emit", "field_values", "load", "resolve_config", "sample_config", "sampler_settings"]

@@ -126,6 +126,15 @@ class ARSampleConfig(DecodeConfig):
         check(self.top_p is None or 0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
 
 
+# Named bundles of settings, applied under whatever the user sets. llada-instruct is the published
+# sampling setup of LLaDA-8B-Instruct (Nie et al. 2025, its chat and evaluation scripts):
+# semi-autoregressive blocks of 32, low-confidence remasking, end-of-turn/EOS committed last; the
+# answer is cut at <|eot_id|> by every caller (``stream.trim_eos``).
+SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
+    "llada-instruct": {"block_length": 32, "remasking": "low_confidence", "confidence_eos_eot_inf": True},
+}
+
+
 def fields_of(cls: type) -> dict[str, dataclasses.Field]:
     """A config's fields by name, in declaration order."""
     return {f.name: f for f in dataclasses.fields(cls)}
