@@ -21,12 +21,11 @@ from typing import Any
 
 from remask.errors import RemaskError
 from remask.likelihood import (
-    Estimate,
     LikelihoodConfig,
     ar_logliks,
     elbo,
-    rolling_loglik,
     rolling_windows,
+    windows_loglik,
 )
 from remask.model import is_causal
 from remask.sampling.config import DecodeConfig
@@ -88,32 +87,38 @@ def render_chat(tok: Any, prompt: str) -> str:
 # ----------------------------------------------------------------------------- perplexity
 
 def perplexity(model: Any, tok: Any, texts: Iterable[str], *, window: int, stride: int | None = None,
-               cfg: LikelihoodConfig | None = None, batch_size: int = 16) -> dict[str, Any]:
+               cfg: LikelihoodConfig | None = None, batch_size: int = 16, progress: bool = False) -> dict[str, Any]:
     """Negative log-likelihood per token and per byte of ``texts`` (each a separate document).
 
     Each document is scored after an EOS (a document start in training), in windows of at most
     ``window`` tokens that each predict ``stride`` new tokens (default ``window - 1``: disjoint
     windows). AR: exact. MDM: the sum of per-window ELBOs, so nats/token is an upper bound on the
-    true value (up to Monte Carlo error, reported as ``stderr_nats_per_token``).
+    true value (up to Monte Carlo error, reported as ``stderr_nats_per_token``). With
+    ``cfg.target_stderr`` (nats/token) an MDM's samples per window are chosen to reach that error
+    of the corpus figure (``likelihood.elbo_sum``) instead of ``cfg.mc_num`` for every window.
+    ``progress`` shows a bar with the forward passes done and an ETA.
     """
+    cfg = cfg or LikelihoodConfig()
     stride = window - 1 if stride is None else stride
-    total, tokens, n_bytes, docs, key = Estimate(0.0), 0, 0, 0, 0
+    streams, n_bytes = [], 0
     for text in texts:
         ids = tok.encode_array(text).tolist()  # as `remask prepare` tokenises training text
-        if not ids:
-            continue
-        stream = [tok.eos_id, *ids]
-        total = total + rolling_loglik(model, stream, window=window, stride=stride, cfg=cfg, mask_id=tok.mask_id,
-                                       batch_size=batch_size, key=key)
-        key += len(rolling_windows(len(stream), window, stride))
-        tokens, n_bytes, docs = tokens + len(ids), n_bytes + len(text.encode("utf-8")), docs + 1
+        if ids:
+            streams.append([tok.eos_id, *ids])
+            n_bytes += len(text.encode("utf-8"))
+    tokens = sum(len(s) - 1 for s in streams)
     if tokens == 0:
         raise RemaskError("--data holds no text to score")
+    total = windows_loglik(model, streams, window=window, stride=stride, cfg=cfg, mask_id=tok.mask_id,
+                           batch_size=batch_size, progress=progress,
+                           target_stderr=None if cfg.target_stderr is None else cfg.target_stderr * tokens)
     nll = -total.value / tokens
+    n_windows = sum(len(rolling_windows(len(s), window, stride)) for s in streams)
     return {"bound": "exact" if is_causal(model) else "elbo", "nats_per_token": nll,
             "bits_per_byte": -total.value / math.log(2) / n_bytes, "perplexity": math.exp(min(nll, 700.0)),
-            "stderr_nats_per_token": total.stderr / tokens, "tokens": tokens, "bytes": n_bytes, "documents": docs,
-            "windows": key, "window": window, "stride": stride}
+            "stderr_nats_per_token": total.stderr / tokens, "tokens": tokens, "bytes": n_bytes,
+            "documents": len(streams), "windows": n_windows, "window": window, "stride": stride,
+            "mc_samples": total.n}
 
 
 # ----------------------------------------------------------------------------- completion

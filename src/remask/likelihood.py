@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from remask.config import check, option
 from remask.errors import RemaskError
@@ -64,6 +65,9 @@ class LikelihoodConfig:
                             "'t': t ~ U(0,1), each token masked w.p. t, weight 1/t", "l", choices=ESTIMATORS)
     cfg_scale: float = option("classifier-free guidance weight on the predictor (0: off)", 0.0)
     seed: int = option("seed of the masking noise", 0)
+    target_stderr: float | None = option("corpus figures (eval perplexity): draw samples per window, from one batch "
+                                         "up to mc_num, until the standard error of the nats/token figure is at "
+                                         "most this (None: mc_num samples for every window)", None)
 
     def __post_init__(self) -> None:
         check(self.mc_num > 0, f"--mc-num must be positive, got {self.mc_num}")
@@ -73,6 +77,8 @@ class LikelihoodConfig:
               f"try --batch-size {math.gcd(self.mc_num, max(1, self.batch_size))}")
         check(self.estimator in ESTIMATORS,
               f"--estimator {self.estimator!r} is not known; choose 'l' (lower variance) or 't'")
+        check(self.target_stderr is None or self.target_stderr > 0,
+              f"--target-stderr must be positive nats/token (or None), got {self.target_stderr}")
         check(self.cfg_scale >= 0, f"--cfg-scale must be >= 0 (0 turns guidance off), got {self.cfg_scale}")
 
 
@@ -154,23 +160,97 @@ def elbo(model: Any, prompt: Sequence[int], answer: Sequence[int], cfg: Likeliho
     """
     cfg = cfg or LikelihoodConfig()
     _check_answer(model, prompt, answer)
-    L = len(answer)
-    if L == 0:
+    if len(answer) == 0:
         return Estimate(0.0, 0.0, 0)
+    return _estimate(_elbo_batches(model, prompt, answer, cfg, range(cfg.mc_num // cfg.batch_size),
+                                   mask_id=mask_id, key=key), cfg.estimator)
+
+
+def _elbo_batches(model: Any, prompt: Sequence[int], answer: Sequence[int], cfg: LikelihoodConfig,
+                  batches: range, *, mask_id: int, key: int) -> list[Tensor]:
+    """The Monte Carlo batches numbered ``batches`` of one ELBO: each (batch_size,) float64 samples of
+    the bound, batch b drawn with noise keyed (seed, key, b), so more batches extend an estimate."""
     draw = _l_draws if cfg.estimator == "l" else _t_draws
-    batches = []
-    for b in range(cfg.mc_num // cfg.batch_size):
-        masked, weight = draw(keyed_generator(cfg.seed, key, b, _STREAM), cfg.batch_size, L)
+    out = []
+    for b in batches:
+        masked, weight = draw(keyed_generator(cfg.seed, key, b, _STREAM), cfg.batch_size, len(answer))
         logp = _masked_logprobs(model, prompt, answer, masked, mask_id=mask_id, cfg_scale=cfg.cfg_scale)  # (B, L)
-        batches.append(logp.sum(1).cpu() * weight)  # (B,) one sample of the bound per row
-    samples = torch.cat(batches)  # (mc_num,)
+        out.append(logp.sum(1).cpu() * weight)  # (B,) one sample of the bound per row
+    return out
+
+
+def _estimate(batches: list[Tensor], estimator: str) -> Estimate:
+    """Batches of samples -> their mean and its standard error (see ``elbo``)."""
+    samples = torch.cat(batches)  # (n,)
     n = samples.numel()
-    if cfg.estimator == "l" and len(batches) > 1:
+    if estimator == "l" and len(batches) > 1:
         means = torch.stack([s.mean() for s in batches])  # (K,) independent replicates
         stderr = means.std().item() / math.sqrt(len(batches))
     else:
         stderr = samples.std().item() / math.sqrt(n) if n > 1 else math.inf
     return Estimate(samples.mean().item(), stderr, n, samples)
+
+
+@torch.inference_mode()
+def elbo_sum(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], cfg: LikelihoodConfig | None = None,
+             *, mask_id: int, key: int = 0, target_stderr: float | None = None,
+             progress: bool = False) -> Estimate:
+    """The sum of the ELBOs of (prompt, answer) ``pairs``, pair k keyed ``key + k``, with its
+    standard error (independent pairs: the errors add in quadrature).
+
+    Without ``target_stderr`` every pair gets ``cfg.mc_num`` samples (the sum of ``elbo`` calls).
+    With it (nats, for the sum) the samples are allocated where they buy the most: one batch per
+    pair first, then, round by round, each pair's count is raised towards Neyman's allocation
+    n_k ∝ σ_k (σ_k: the pair's per-sample spread), which minimises the variance of the sum for a
+    given number of samples, until the sum's standard error is at most the target or every pair
+    has ``cfg.mc_num``. A corpus of many windows thus needs far fewer than mc_num samples per window.
+    """
+    cfg = cfg or LikelihoodConfig()
+    live = [(k, p, a) for k, (p, a) in enumerate(pairs) if len(a) > 0]
+    for _, p, a in live:
+        _check_answer(model, p, a)
+    cap = cfg.mc_num // cfg.batch_size
+    have = {k: 1 if target_stderr is not None else cap for k, _, _ in live}  # batches per pair
+    bar = tqdm(total=sum(have.values()), disable=not progress, unit="pass", desc="scoring", leave=False)
+    batches: dict[int, list[Tensor]] = {k: [] for k, _, _ in live}
+    try:
+        while True:
+            for k, p, a in live:  # draw what is planned and not drawn yet
+                got = len(batches[k])
+                batches[k] += _elbo_batches(model, p, a, cfg, range(got, have[k]), mask_id=mask_id, key=key + k)
+                bar.update(have[k] - got)
+            est = {k: _estimate(b, cfg.estimator) for k, b in batches.items()}
+            total_se = math.sqrt(sum(e.stderr ** 2 for e in est.values()))
+            if target_stderr is None or total_se <= target_stderr:
+                break
+            grown = _neyman(est, have, cap, cfg.batch_size, target_stderr)
+            if not grown:
+                break  # every pair is at mc_num: report the error reached
+            bar.total += grown
+            bar.refresh()
+    finally:
+        bar.close()
+    values = list(est.values()) if live else []
+    return Estimate(sum(e.value for e in values), math.sqrt(sum(e.stderr ** 2 for e in values)),
+                    sum(e.n for e in values))
+
+
+def _neyman(est: dict[int, Estimate], have: dict[int, int], cap: int, batch_size: int, target: float) -> int:
+    """Raise ``have`` (batches per pair, at most ``cap``) towards n_k = σ_k Σσ / target² samples,
+    at least one batch for the pair whose error weighs most; returns the batches added."""
+    sigma = {k: float(e.samples.std()) if e.samples is not None and e.n > 1 else 0.0 for k, e in est.items()}
+    total = sum(sigma.values())
+    added = 0
+    for k, s in sigma.items():
+        want = min(cap, max(have[k], math.ceil(s * total / target ** 2 / batch_size)))
+        added, have[k] = added + want - have[k], want
+    if added == 0:
+        open_ = [k for k in have if have[k] < cap]
+        if open_:
+            worst = max(open_, key=lambda k: est[k].stderr)
+            have[worst] += 1
+            added = 1
+    return added
 
 
 # ----------------------------------------------------------------------------- exact by enumeration
@@ -322,16 +402,23 @@ def rolling_windows(n: int, window: int, stride: int) -> list[tuple[int, int, in
 def rolling_loglik(model: Any, stream: Sequence[int], *, window: int, stride: int,
                    cfg: LikelihoodConfig | None = None, mask_id: int, batch_size: int = 16, key: int = 0) -> Estimate:
     """log p(stream[1:] | stream[0]) as a chain of windows: each window's new tokens given up to
-    ``window - stride`` tokens before them (exact for AR, a sum of ELBOs for MDM).
+    ``window - stride`` tokens before them (exact for AR, a sum of ELBOs with ``cfg.mc_num``
+    samples each for MDM).
 
     Window k draws its noise with key ``key + k``; to keep several streams independent, give each
     a key range of its own (e.g. a running count of windows).
     """
-    wins = rolling_windows(len(stream), window, stride)
-    pairs = [(stream[c:s], stream[s:e]) for c, s, e in wins]
+    return windows_loglik(model, [stream], window=window, stride=stride, cfg=cfg, mask_id=mask_id,
+                          batch_size=batch_size, key=key)
+
+
+def windows_loglik(model: Any, streams: Sequence[Sequence[int]], *, window: int, stride: int,
+                   cfg: LikelihoodConfig | None = None, mask_id: int, batch_size: int = 16, key: int = 0,
+                   target_stderr: float | None = None, progress: bool = False) -> Estimate:
+    """``rolling_loglik`` summed over several streams (documents) at once, their windows numbered on
+    from ``key`` in order, so one ``target_stderr`` (nats, for the sum; see ``elbo_sum``) covers the
+    whole corpus."""
+    pairs = [(s[c:a], s[a:e]) for s in streams for c, a, e in rolling_windows(len(s), window, stride)]
     if is_causal(model):
         return Estimate(sum(v for v, _ in ar_logliks(model, pairs, batch_size=batch_size)))
-    total = Estimate(0.0)
-    for k, (ctx, tgt) in enumerate(pairs):
-        total = total + elbo(model, ctx, tgt, cfg, mask_id=mask_id, key=key + k)
-    return total
+    return elbo_sum(model, pairs, cfg, mask_id=mask_id, key=key, target_stderr=target_stderr, progress=progress)

@@ -83,9 +83,11 @@ def _perplexity(args: argparse.Namespace) -> int:
     texts = (d.text for d in iter_documents(args.data))
     if args.limit is not None:
         texts = iter(_limit(list(texts), args.limit))
-    res = perplexity(ck.model, ck.tokenizer, texts, window=window, stride=args.stride, cfg=lcfg)
+    res = perplexity(ck.model, ck.tokenizer, texts, window=window, stride=args.stride, cfg=lcfg,
+                     progress=not args.json)
     res = {"ckpt": str(ck.path), **res, **({} if res["bound"] == "exact" else
-                                            {"mc_num": lcfg.mc_num, "estimator": lcfg.estimator})}
+                                            {"mc_num": lcfg.mc_num, "estimator": lcfg.estimator,
+                                             "target_stderr": lcfg.target_stderr})}
     kind = "exact" if res["bound"] == "exact" else f"ELBO bound, ±{res['stderr_nats_per_token']:.4f}"
     emit(args, res, f"{res['nats_per_token']:.4f} nats/token ({kind}), {res['bits_per_byte']:.4f} bits/byte, "
                     f"perplexity {res['perplexity']:.2f} over {res['tokens']:,} tokens in {res['documents']} documents")
