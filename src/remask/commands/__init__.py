@@ -9,6 +9,7 @@
     remask chat               a multi-turn chat in the terminal                remask.chat
     remask eval               perplexity bound, completion, multiple choice    remask.evaluate
     remask serve              an OpenAI-compatible HTTP server                 remask.serve
+    remask plot               training curves of runs, side by side            remask.plot
 
 Each module here holds its command's ``HELP``, ``add_args(parser)`` and ``run(args) -> int``;
 ``flags`` derives the shared flags from the config dataclasses. Nothing below this package imports
@@ -49,6 +50,7 @@ COMMANDS = [
     Command("chat", "chat with a fine-tuned checkpoint in the terminal", "chat"),
     Command("eval", "score a checkpoint: perplexity bound, completion accuracy, multiple choice", "eval"),
     Command("serve", "serve a checkpoint over HTTP (OpenAI-compatible API)", "serve"),
+    Command("plot", "draw runs' training curves side by side", "plot"),
 ]
 
 
