@@ -9,9 +9,10 @@
     remask chat               a multi-turn chat in the terminal                remask.chat
     remask eval               perplexity bound, completion, multiple choice    remask.evaluate
     remask serve              an OpenAI-compatible HTTP server                 remask.serve
+    remask export             write a checkpoint in LLaDA-8B's HF layout       remask.checkpoint
     remask plot               training curves of runs, side by side            remask.plot
 
-Each module here holds its command's ``HELP``, ``add_args(parser)`` and ``run(args) -> int``;
+Each module here holds its command's ``add_args(parser)`` and ``run(args) -> int``;
 ``flags`` derives the shared flags from the config dataclasses. Nothing below this package imports
 it. A user's mistake (a ``RemaskError``) prints one line, never a traceback. A command's module is
 imported only when that command runs, so ``remask --help`` stays fast.
@@ -50,6 +51,7 @@ COMMANDS = [
     Command("chat", "chat with a fine-tuned checkpoint in the terminal", "chat"),
     Command("eval", "score a checkpoint: perplexity bound, completion accuracy, multiple choice", "eval"),
     Command("serve", "serve a checkpoint over HTTP (OpenAI-compatible API)", "serve"),
+    Command("export", "write a checkpoint in LLaDA-8B's Hugging Face layout (config, shards, tokenizer)", "export"),
     Command("plot", "draw runs' training curves side by side", "plot"),
 ]
 

@@ -46,6 +46,26 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 CONFIG_FILE = "tokenizer_config.json"
 HF_FILE = "tokenizer.json"
+MODEL_CONFIG_FILE = "config.json"  # a Hugging Face model directory's: its vocab_size may exceed the tokenizer's
+ROLES_KEY = "remask_special_tokens"  # remask's key in an exported tokenizer_config.json: role -> token string
+
+# LLaDA-8B-Instruct's published chat template writes the assistant header after every conversation,
+# asked for or not: a history could not grow turn by turn (each render would end in a header the
+# next turn does not continue), and SFT would supervise that header as part of the answer. This
+# template writes the same text with the header only when asked; ``load_tokenizer`` puts it in
+# place of such a template only after both render probe conversations identically.
+LLADA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{{ start_header }}{{ message['role'] }}{{ end_header }}\n\n{{ message['content'] | trim }}{{ eot_token }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ start_header }}assistant{{ end_header }}\n\n{% endif %}"
+)
+_PROBES = (
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "2 + 2?"},
+     {"role": "assistant", "content": "4\n"}, {"role": "user", "content": "And 3 + 3?"}],
+)
 
 
 class Tokenizer:
@@ -98,6 +118,10 @@ class Tokenizer:
 
     def digest(self) -> str:
         """A short hash that changes whenever encoding could change (used to reuse prepared data)."""
+        raise NotImplementedError
+
+    def hf_json(self) -> str:
+        """The tokenizer as a Hugging Face ``tokenizer.json`` (ids and encodings unchanged)."""
         raise NotImplementedError
 
     def _config(self) -> dict[str, Any]:
@@ -175,6 +199,34 @@ class ByteTokenizer(Tokenizer):
     def digest(self) -> str:
         return "bytes-v1"
 
+    def hf_json(self) -> str:
+        # Byte-level BPE without merges: each byte is one symbol, id = byte value; the specials follow
+        # at 256.. in id order. No regex split, no prefix space: the bytes of any text, as here.
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as _HF
+
+        tok = _HF(models.BPE(vocab={c: b for b, c in enumerate(_byte_symbols())}, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        names = sorted(self.special_ids, key=self.special_ids.__getitem__)
+        tok.add_special_tokens([AddedToken(n, special=True, normalized=False) for n in names])
+        return tok.to_str()
+
+
+def _byte_symbols() -> list[str]:
+    """The character byte-level BPE writes for each byte 0..255 (the convention of the ``tokenizers``
+    ByteLevel pre-tokenizer and decoder): printable Latin-1 bytes stand for themselves; the others,
+    in byte order, take the code points from 256 on."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    out, shifted = [], 0
+    for b in range(256):
+        if b in printable:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + shifted))
+            shifted += 1
+    return out
+
 
 def byte_tokenizer() -> ByteTokenizer:
     return ByteTokenizer()
@@ -247,6 +299,9 @@ class HFTokenizer(Tokenizer):
     def digest(self) -> str:
         return "hf-" + hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()[:16]
 
+    def hf_json(self) -> str:
+        return self._tok.to_str()
+
 
 # ----------------------------------------------------------------------------- loading
 
@@ -276,7 +331,10 @@ def _read_json(path: Path) -> Any:
 def load_tokenizer(path: str | Path | Tokenizer | None) -> Tokenizer:
     """None or "bytes" -> ByteTokenizer; else a directory (tokenizer_config.json and/or
     tokenizer.json, remask's or Hugging Face's format) or a path to a tokenizer.json file.
-    A Tokenizer object is returned as it is, so APIs can take either."""
+    A Tokenizer object is returned as it is, so APIs can take either.
+
+    In a Hugging Face model directory (LLaDA-8B's), the model's config.json may raise ``vocab_size``
+    to the embedding's rows, and a template like LLaDA-8B-Instruct's is replaced by LLADA_TEMPLATE."""
     if isinstance(path, Tokenizer):
         return path
     if path is None or str(path) == "bytes":
@@ -338,7 +396,46 @@ def load_tokenizer(path: str | Path | Tokenizer | None) -> Tokenizer:
         name = _token_name(cfg.get(key))
         if name and hf.token_to_id(name) is not None:
             roles[role] = name
-    return HFTokenizer(hf, special_tokens=roles, chat_template=_hf_chat_template(cfg.get("chat_template")))
+    exported = cfg.get(ROLES_KEY)  # written by remask export (llada.write_tokenizer_files): every role, exactly
+    if isinstance(exported, dict):
+        roles.update({r: n for r, n in exported.items() if r in DEFAULT_SPECIALS and isinstance(n, str) and n})
+    tok = HFTokenizer(hf, special_tokens=roles, chat_template=_hf_chat_template(cfg.get("chat_template")))
+    tok.vocab_size = max(tok.vocab_size, _model_vocab(directory / MODEL_CONFIG_FILE))
+    if tok.chat_template is not None and _header_always_written(tok):
+        tok.chat_template = LLADA_TEMPLATE
+    return tok
+
+
+def _model_vocab(config_file: Path) -> int:
+    """The embedding rows a Hugging Face model config beside the tokenizer declares (0 when none):
+    LLaDA-8B's 126,464 rows exceed the ids its tokenizer defines (up to 126,348), and a model, its
+    tokenizer and the checkpoints built from them must agree on the count."""
+    if not config_file.is_file():
+        return 0
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return 0
+    if not isinstance(meta, dict) or "model_type" not in meta:
+        return 0
+    sizes = [meta.get(k) for k in ("vocab_size", "embedding_size")]
+    return max([v for v in sizes if isinstance(v, int) and not isinstance(v, bool)], default=0)
+
+
+def _header_always_written(tok: HFTokenizer) -> bool:
+    """Whether ``tok``'s template writes the assistant header unasked and otherwise renders exactly
+    as LLADA_TEMPLATE (LLaDA-8B-Instruct's published one does); see LLADA_TEMPLATE."""
+    from remask.data.template import render
+
+    try:
+        for probe in _PROBES:
+            asked = render(probe, tok, add_generation_prompt=True)
+            if render(probe, tok) != asked or render(probe, tok, add_generation_prompt=True,
+                                                     template=LLADA_TEMPLATE) != asked:
+                return False
+    except RemaskError:  # a template that fails on a plain conversation is left for its user to meet
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- training
