@@ -13,7 +13,9 @@ block_length, remasking, threshold, cache, cfg_scale, remask_committed, ...); th
 are the defaults. A diffusion model denoises whole blocks, so ``max_tokens`` is rounded up to a
 whole number of blocks and the answer cut at ``max_tokens``; without ``steps`` a request keeps the
 server's steps per token. ``usage`` also counts the forward passes (``forward_passes``, those of
-the batch the request ran in). ``stream_steps`` streams every denoising step too (a viewer's feed).
+the batch the request ran in). ``stream_steps`` streams every denoising step too (a viewer's feed);
+``pins`` fixes words at answer positions and lets a diffusion model write around them (infilling).
+GET / is the denoising viewer: a page that draws those steps, offline (its files ship in the package).
 
 The modules, one concern each:
 
@@ -23,6 +25,8 @@ The modules, one concern each:
     limits      ``ServerConfig`` (limits, keys, served name) and the body-size / API-key middleware
     metrics     GET /metrics: per-app Prometheus registry and the request-counting middleware
     errors      OpenAI-shaped error bodies for every route
+    pins        words pinned at answer positions: parsing, and the reverse process around them
+    page        GET / and /static: the denoising viewer (``static/``: plain HTML, CSS, JavaScript)
     app         ``create_app`` (the FastAPI app) and ``serve`` (uvicorn)
 
 FastAPI, uvicorn and prometheus-client (the ``serve`` extra) are imported only when an app is built.

@@ -1,9 +1,9 @@
 """The HTTP app: OpenAI's routes over the engine and its scheduler, and ``serve`` to run it under uvicorn.
 
-Routes: GET /health, GET /v1/models (and /v1/models/{id}), POST /v1/completions, POST
-/v1/chat/completions, GET /metrics (Prometheus). A request is read and checked on the event loop
-(``Engine.job``), queued (``Scheduler.submit``), and answered when its batch has produced it; a
-stream sends each newly final piece of text as it comes. A client that leaves (a stream's
+Routes: GET / (the denoising viewer, ``page``), GET /health, GET /v1/models (and /v1/models/{id}),
+POST /v1/completions, POST /v1/chat/completions, GET /metrics (Prometheus). A request is read and
+checked on the event loop (``Engine.job``), queued (``Scheduler.submit``), and answered when its
+batch has produced it; a stream sends each newly final piece of text as it comes. A client that leaves (a stream's
 connection closes, or a plain request's) releases its ticket at once.
 
 No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations (``Request``,
@@ -32,6 +32,7 @@ from remask.serve.engine import Engine, Result
 from remask.serve.errors import ApiError, error_response, http_message, install_error_handlers
 from remask.serve.limits import Guard, ServerConfig
 from remask.serve.metrics import Metrics, Observe
+from remask.serve.page import add_page_routes
 from remask.serve.requests import Job, request_schema
 
 log = logging.getLogger("remask.serve")
@@ -88,8 +89,8 @@ async def _events(ticket: Ticket, chat: bool, head: dict[str, Any]) -> AsyncIter
         item = await ticket.next()
         if isinstance(item, tuple):
             yield chunk(*item)
-        elif isinstance(item, dict):
-            yield _sse(item, "step")
+        elif isinstance(item, dict):  # a denoising step, or the pinned words before the first one
+            yield _sse(item, "pins" if item.get("object") == "remask.pins" else "step")
         elif isinstance(item, Result):
             for r, finish in enumerate(item.finish):
                 yield chunk(r, None, finish)
@@ -177,6 +178,7 @@ def create_app(model: Any, tokenizer: Any, *, defaults: DecodeConfig | None = No
     app.state.engine, app.state.scheduler, app.state.metrics = engine, scheduler, metrics
     install_error_handlers(app)
     _routes(app, model_name or server.served_model_name or "remask")
+    add_page_routes(app)
     app.add_middleware(Guard, max_body_bytes=server.max_body_bytes, keys=server.keys())
     app.add_middleware(Observe, metrics=metrics, routes=app.router.routes)
     return app

@@ -51,6 +51,8 @@ class Ticket:
 
     def __init__(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         self.job, self.loop, self.key = job, loop, batch_key(job.cfg)
+        if self.key is not None and job.pins:  # rows share a canvas layout: only equal pins batch together
+            self.key = (self.key, job.pins)
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()  # (row, text), a step's dict, a Result or an exception
         self.arrived, self.first = time.perf_counter(), None  # perf_counter times: queued, first final text
         self.result: Result | None = None

@@ -26,6 +26,7 @@ from remask.sampling.decode import decode_stream, for_model
 from remask.sampling.rules import measure_name
 from remask.sampling.stream import TextDeltas, stop_index
 from remask.serve.limits import ServerConfig
+from remask.serve.pins import parse_pins, pinned_config, pinned_stream, pins_payload
 from remask.serve.requests import REQUEST_FIELDS, Job, get, json_kind, stops, utf8
 
 
@@ -198,7 +199,9 @@ class Engine:
         check_context(self.model, longest, cfg.gen_length,
                       f"prompt ({{used}} tokens) + max_tokens {max_tokens}{rounded} exceeds the model context of "
                       "{limit} tokens; shorten the prompt or lower max_tokens")
-        return Job(prompts, cfg, max_tokens, stops(body.get("stop")), stream, include_usage, cfg.seed, n, steps)
+        pins = parse_pins(body.get("pins"), self.tok, max_tokens=max_tokens, causal=self.causal)
+        cfg = pinned_config(cfg) if pins else cfg
+        return Job(prompts, cfg, max_tokens, stops(body.get("stop")), stream, include_usage, cfg.seed, n, steps, pins)
 
     def _config(self, body: dict[str, Any], max_tokens: int) -> Any:
         """The request's sampler settings on the server's defaults -> its SampleConfig or ARSampleConfig."""
@@ -236,9 +239,17 @@ class Engine:
         noiseless one, see ``batching.batch_key``) -> the forward passes it took."""
         jobs = [s.job for s in sinks]
         n = jobs[0].cfg.gen_length
-        events = decode_stream(self.model, [row for j in jobs for row in j.rows], jobs[0].cfg, mask_id=self.tok.mask_id,
-                               eos_id=self.tok.eos_id, eot_id=getattr(self.tok, "eot_id", None))
+        rows, ends = [row for j in jobs for row in j.rows], {"eos_id": self.tok.eos_id,
+                                                              "eot_id": getattr(self.tok, "eot_id", None)}
+        if jobs[0].pins:  # a batch shares its pins (``batching.Ticket.key``)
+            events = pinned_stream(self.model, rows, jobs[0].cfg, jobs[0].pins, mask_id=self.tok.mask_id, **ends)
+        else:
+            events = decode_stream(self.model, rows, jobs[0].cfg, mask_id=self.tok.mask_id, **ends)
         starts = [sum(len(j.rows) for j in jobs[:k]) for k in range(len(jobs))]
+        for s in sinks:
+            if s.job.pins and s.job.stream_steps:
+                for r in range(len(s.job.rows)):
+                    s.step(pins_payload(s.job.pins, r, n, self.tok))
         going = [(s, Tracker(self, s.job), a) for s, a in zip(sinks, starts)]
         cols: list[list[int]] = []
         n_forward = saved = 0

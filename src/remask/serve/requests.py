@@ -4,7 +4,7 @@ The sampler settings a request may send are the ``SampleConfig`` / ``ARSampleCon
 their own names and types (``REQUEST_FIELDS``); the schema at /openapi.json is derived from those
 fields, so a default or a help text is declared once. The rest are OpenAI's (max_tokens, n, stop,
 stream, stream_options, model) and one of remask's own (``stream_steps``, every denoising step as
-an event: what a viewer draws).
+an event: what a viewer draws) and ``pins`` (words fixed at answer positions, ``serve.pins``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import json
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remask.config import check
 from remask.sampling.config import SAMPLER_FIELDS, ARSampleConfig, DecodeConfig, SampleConfig
+
+if TYPE_CHECKING:
+    from remask.serve.pins import Pin
 
 # Sampler settings a request may send under their field names (``sampling.config``); the answer
 # length comes as OpenAI's max_tokens, and precision and compilation are the server's own.
@@ -36,6 +39,8 @@ OPENAI_FIELDS: dict[str, tuple[str | list[str], str]] = {
     "stream_options": ("object", "{\"include_usage\": true} adds a last chunk with the usage"),
     "stream_steps": ("boolean", "with stream: also send every denoising step as an event named 'step' (the "
                                 "positions it committed, their tokens and confidences; what a viewer draws)"),
+    "pins": ("array", "words fixed at answer token positions, [{\"position\": 5, \"text\": \" cat\"}], the rest "
+                      "written around them (infilling; diffusion checkpoints only); the answer runs to max_tokens"),
 }
 
 
@@ -104,6 +109,7 @@ class Job:
     seed: int
     n: int = 1  # completions per prompt: rows prompt 0 (n times), prompt 1 (n times), ...
     stream_steps: bool = False
+    pins: tuple[Pin, ...] = ()  # words fixed in every row's answer (``serve.pins``)
 
     @property
     def rows(self) -> list[list[int]]:
