@@ -79,8 +79,14 @@ class Ticket:
         self._post(payload)
 
     def done(self, result: Result) -> None:
+        """Keep the result; the scheduler delivers it once the batch is in the metrics, so a client
+        that has its answer finds it counted."""
         self.result = result
-        self._post(result)
+
+    def deliver(self) -> None:
+        """Send the kept result to the waiting request."""
+        if self.result is not None:
+            self._post(self.result)
 
     def fail(self, exc: Exception) -> None:
         self._post(exc)
@@ -221,3 +227,5 @@ class Scheduler:
                 self.on_batch(batch, n_forward)
             except Exception:
                 log.exception("recording a batch failed")
+        for t in batch:
+            t.deliver()
