@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from test_serve import CFG, TOK, byte_model
 from test_serve_live import live
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "serve-page.png"
+# The README's screenshot: `REMASK_SCREENSHOT=docs/serve-page.png pytest tests/test_serve_page.py -k chromium`
+# refreshes it; otherwise the test's screenshot goes to its temporary directory (a test run never
+# rewrites a tracked file).
+SCREENSHOT_ENV = "REMASK_SCREENSHOT"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -138,7 +142,7 @@ def _browser_or_skip() -> None:
         pytest.skip("the playwright package is missing (pip install 'remask[browser]'; no browser download needed)")
 
 
-def test_page_in_chromium(mdm: nn.Module):
+def test_page_in_chromium(mdm: nn.Module, tmp_path: Path):
     _browser_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
@@ -153,8 +157,10 @@ def test_page_in_chromium(mdm: nn.Module):
             _generate(page, expect)
             _replay(page, expect)
             _pin(page, expect)
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "serve-page.png")
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.read_bytes()[:4] == b"\x89PNG"
             assert outside == []  # the page asked nothing of anyone but this server
         finally:
             browser.close()
