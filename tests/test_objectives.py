@@ -73,3 +73,32 @@ def test_ar_loss_is_next_token_cross_entropy():
     x = torch.randint(0, 30, (2, 9))
     ref = F.cross_entropy(model(x[:, :-1]).transpose(1, 2), x[:, 1:], reduction="none").mean(1)
     torch.testing.assert_close(ar_loss(model, Batch(x)), ref)
+
+
+def test_row_nll_is_cross_entropy_with_its_gradient_in_any_chunking(monkeypatch):
+    import remask.objectives as objectives
+
+    torch.manual_seed(0)
+    x, t = torch.randn(6, 9, dtype=torch.double, requires_grad=True), torch.randint(0, 9, (6,))
+    assert torch.autograd.gradcheck(lambda logits: objectives.row_nll(logits, t), (x,))
+    logits, target, g = torch.randn(40, 300), torch.randint(0, 300, (40,)), torch.randn(40)
+    ref = logits.clone().requires_grad_()
+    (F.cross_entropy(ref, target, reduction="none") * g).sum().backward()
+    real = objectives._chunks
+    monkeypatch.setattr(objectives, "_chunks", lambda lg: real(lg, floats=1000))  # 3 rows a chunk
+    got = logits.clone().requires_grad_()
+    nll = objectives.row_nll(got, target)
+    (nll * g).sum().backward()
+    torch.testing.assert_close(nll, F.cross_entropy(logits, target, reduction="none"))
+    torch.testing.assert_close(got.grad, ref.grad)
+    half = logits.bfloat16().requires_grad_()
+    objectives.row_nll(half, target).sum().backward()
+    assert half.grad.dtype == torch.bfloat16  # the gradient stays in the logits' dtype
+
+
+def test_the_head_runs_at_the_selected_positions_only():
+    model = build_model(tiny_model_config(), seed=1)
+    x = torch.randint(0, 30, (3, 10))
+    select = torch.rand(3, 10) < 0.4
+    torch.testing.assert_close(model(x, select=select), model(x)[select])
+    assert model(x, select=select).shape == (int(select.sum()), 32)

@@ -102,6 +102,15 @@ class TrainConfig:
     device: str = option("cpu, cuda, cuda:N or auto (auto: CUDA when visible, else the CPU)", "auto")
     dtype: Literal["auto", "float32", "bfloat16"] = option("autocast dtype (auto: bf16 on CUDA, fp32 on CPU)", "auto")
     compile: bool = option("torch.compile each block", False)
+    parallel: Literal["ddp", "fsdp"] = option(
+        "under torchrun: ddp (a full replica per process) or fsdp (FSDP2: parameters, gradients and optimizer "
+        "state sharded per block; compute in train.dtype, bf16 on GPU by default, over fp32 master weights)", "ddp")
+    activation_checkpointing: bool = option(
+        "recompute each block's activations in the backward pass: less memory for about a third more compute", False)
+    nan_patience: int = option(
+        "steps with a non-finite loss or gradient norm are skipped; after this many in a row the run reloads "
+        "its last checkpoint with a lower learning rate", 3)
+    nan_lr_factor: float = option("multiply the learning rate by this at each such reload", 0.5)
     progress: bool = option("show a progress bar", True)
     samples: int = option("samples printed (and saved) at the end of training", 3)
 
@@ -121,6 +130,9 @@ class TrainConfig:
               "train.warmup_steps, train.eval_interval and train.ckpt_interval must be >= 0")
         check(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
         check(self.objective in ("mdm", "ar", "sft"), f"train.objective must be mdm, ar or sft, got {self.objective!r}")
+        check(self.parallel in ("ddp", "fsdp"), f"train.parallel must be ddp or fsdp, got {self.parallel!r}")
+        check(self.nan_patience >= 1, f"train.nan_patience must be >= 1, got {self.nan_patience}")
+        check(0 < self.nan_lr_factor < 1, f"train.nan_lr_factor must be in (0, 1), got {self.nan_lr_factor}")
 
 
 @dataclass(kw_only=True)

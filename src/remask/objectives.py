@@ -12,9 +12,14 @@ division by a zero masking probability). It bounds the data negative log-likelih
 
 Noise comes in from the caller as ``noise`` (B, 1 + L) uniforms keyed by sample (see
 ``remask.rng``): column 0 is ``t``, columns 1: decide which tokens are masked.
+
+The LM head runs only at the supervised positions (``supervised_nll``): with LLaDA-8B's 126,464
+tokens the full (B, L, V) logits of a batch would take more memory than the rest of the step.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,13 +55,80 @@ def masked_token_nll(logits: Tensor, x0: Tensor, masked: Tensor) -> Tensor:
     return nll
 
 
+class _RowNLL(torch.autograd.Function):
+    """-log softmax(logits)[target] per row: (N, V) logits, (N,) targets -> (N,) float32 (float64 for float64).
+
+    ``F.cross_entropy(logits.float(), ...)`` holds about three float32 (N, V) tensors at the peak of
+    its backward (the upcast logits, the saved log-softmax, its gradient), which with a 126,464-token
+    vocabulary outweighs the rest of a small model's step. Here the logits are upcast a chunk of rows
+    at a time, only the logits (in their own dtype) and one float per row are saved, and the backward
+    writes softmax - one_hot straight into a gradient of the logits' dtype: the logits and their
+    gradient, and one float32 chunk, are all that is ever held.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, target: Tensor) -> Tensor:
+        acc = torch.promote_types(logits.dtype, torch.float32)  # float32, or float64 for float64 logits
+        lse = torch.empty(logits.shape[0], dtype=acc, device=logits.device)  # (N,) log-sum-exp
+        for rows in _chunks(logits):
+            lse[rows] = torch.logsumexp(logits[rows].to(acc), dim=-1)
+        ctx.save_for_backward(logits, target, lse)
+        return lse - logits.gather(1, target[:, None])[:, 0].to(acc)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None]:
+        logits, target, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)  # (N, V) in the logits' dtype
+        for rows in _chunks(logits):
+            p = torch.exp(logits[rows].to(lse.dtype) - lse[rows, None])  # (n, V) softmax
+            p[torch.arange(p.shape[0], device=p.device), target[rows]] -= 1.0
+            grad[rows] = p * grad_out[rows, None]
+        return grad, None
+
+
+def _chunks(logits: Tensor, floats: int = 1 << 24) -> list[slice]:
+    """Row slices of ``logits`` (N, V) whose float32 copy is at most ``floats`` values (64 MB)."""
+    step = max(1, floats // max(1, logits.shape[1]))
+    return [slice(i, i + step) for i in range(0, logits.shape[0], step)]
+
+
+def row_nll(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy per row, (N, V), (N,) -> (N,) float32, at a fraction of the memory (see _RowNLL)."""
+    return _RowNLL.apply(logits, target)
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The module under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        inner = next((m for m in (getattr(model, a, None) for a in ("module", "_orig_mod"))
+                      if isinstance(m, nn.Module)), None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def supervised_nll(model: nn.Module, xt: Tensor, x0: Tensor, rows: Tensor, attn_mask: Tensor | None) -> Tensor:
+    """Cross-entropy of ``x0`` at the positions where ``rows`` is True, zero elsewhere: (B, L).
+
+    A remask Transformer computes the LM head at those N positions only (``select``); it is called
+    through its wrappers (DDP, FSDP) so their hooks run. Any other callable returning (B, L, V)
+    logits (test doubles) is indexed after the fact, like ``masked_token_nll``.
+    """
+    if getattr(_base(model), "selects_rows", False):
+        logits = model(xt, attn_mask=attn_mask, select=rows)  # (N, V)
+    else:
+        logits = model(xt, attn_mask=attn_mask)[rows]  # (B, L, V) -> (N, V)
+    nll = torch.zeros(x0.shape, dtype=torch.float32, device=x0.device)
+    nll[rows] = row_nll(logits, x0[rows])
+    return nll
+
+
 def mdm_loss(model: nn.Module, batch: Batch, noise: Tensor, *, mask_id: int, eps: float = 1e-3) -> Tensor:
     """Pre-training: per-sample sum over masked tokens of CE / p, divided by L.  -> (B,)"""
     x0 = batch.tokens
     maskable = batch.attn_mask  # padding (if any) is never masked nor supervised
     xt, masked, p = forward_process(x0, noise, mask_id=mask_id, eps=eps, maskable=maskable)
-    logits = model(xt, attn_mask=batch.attn_mask)  # (B, L, V)
-    nll = masked_token_nll(logits, x0, masked)  # (B, L)
+    nll = supervised_nll(model, xt, x0, masked, batch.attn_mask)  # (B, L)
     return (nll / p[:, None]).sum(1) / x0.shape[1]
 
 
@@ -68,8 +140,7 @@ def sft_loss(model: nn.Module, batch: Batch, noise: Tensor, *, mask_id: int, eps
     if batch.attn_mask is not None:
         answer = answer & batch.attn_mask
     xt, masked, p = forward_process(batch.tokens, noise, mask_id=mask_id, eps=eps, maskable=answer)
-    logits = model(xt, attn_mask=batch.attn_mask)  # (B, L, V)
-    nll = masked_token_nll(logits, batch.tokens, masked)  # (B, L)
+    nll = supervised_nll(model, xt, batch.tokens, masked, batch.attn_mask)  # (B, L)
     answer_len = answer.sum(1).clamp_min(1)  # (B,)
     return (nll / p[:, None]).sum(1) / answer_len
 
@@ -82,14 +153,13 @@ def ar_loss(model: nn.Module, batch: Batch, noise: Tensor | None = None, **_: ob
     """
     x = batch.tokens
     attn = None if batch.attn_mask is None else batch.attn_mask[:, :-1]
-    logits = model(x[:, :-1], attn_mask=attn)  # (B, L-1, V)
-    nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")  # (B, L-1)
-    supervised = torch.ones_like(nll, dtype=torch.bool)
+    supervised = torch.ones_like(x[:, 1:], dtype=torch.bool)  # (B, L-1): targets x_1..x_{L-1}
     if batch.prompt_mask is not None:
         supervised = supervised & ~batch.prompt_mask[:, 1:]
     if batch.attn_mask is not None:
         supervised = supervised & batch.attn_mask[:, 1:]
-    return (nll * supervised).sum(1) / supervised.sum(1).clamp_min(1)
+    nll = supervised_nll(model, x[:, :-1], x[:, 1:], supervised, attn)  # (B, L-1)
+    return nll.sum(1) / supervised.sum(1).clamp_min(1)
 
 
 OBJECTIVES = {"mdm": mdm_loss, "sft": sft_loss, "ar": ar_loss}

@@ -9,6 +9,7 @@ Everything streams one document at a time; nothing here holds more than one docu
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from remask.errors import RemaskError
 
@@ -84,9 +87,17 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def _iter_jsonl(path: Path, base_id: str) -> Iterator[Document]:
+def iter_jsonl(path: Path, base_id: str, start: int = 0, end: int | None = None,
+                first_line: int = 1) -> Iterator[Document]:
+    """The documents of the lines in bytes [start, end) of a .jsonl file (``start`` is a line start,
+    line ``first_line``); ids ``base_id:lineno``."""
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        f.seek(start)
+        pos = start
+        for lineno, raw in enumerate(f, start=first_line):
+            if end is not None and pos >= end:
+                break
+            pos += len(raw)
             if not raw.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -103,27 +114,64 @@ def _iter_jsonl(path: Path, base_id: str) -> Iterator[Document]:
                 yield Document(f"{base_id}:{lineno}", text)
 
 
-def _iter_file(path: Path, doc_id: str, stats: CorpusStats, explicit: bool) -> Iterator[Document]:
-    if path.suffix == ".jsonl":
-        yield from _iter_jsonl(path, doc_id)
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file, in corpus order. ``doc_id`` is its document's id (for .jsonl, the base of its
+    lines' ids); ``explicit``: named by the user, so an unreadable one is an error, not a skip."""
+
+    doc_id: str
+    path: Path
+    explicit: bool
+
+    @property
+    def is_jsonl(self) -> bool:
+        return self.path.suffix == ".jsonl"
+
+
+def corpus_files(inputs: Sequence[str | Path] | None) -> Iterator[SourceFile]:
+    """The files of ``inputs`` (None: the default corpus) in the order their documents come: a
+    directory is walked in sorted order, skipping hidden entries (ids ``dirname/relative/path``)."""
+    if inputs is None:
+        root = default_corpus_root()
+        for path in default_corpus_files():
+            yield SourceFile(path.relative_to(root).as_posix(), path, explicit=False)
+        return
+    if isinstance(inputs, (str, Path)):  # a lone path is a common slip; accept it
+        inputs = [inputs]
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise RemaskError(f"data file '{item}' does not exist; {_FIX}")
+        if path.is_dir():
+            prefix = path.resolve().name + "/"
+            for rel, sub in _walk(path):
+                yield SourceFile(f"{prefix}{rel}", sub, explicit=False)
+        else:
+            yield SourceFile(path.name, path, explicit=True)
+
+
+def read_documents(f: SourceFile, stats: CorpusStats) -> Iterator[Document]:
+    """The documents of one file: a .jsonl's non-empty lines, else the whole file as one document
+    (none if empty; binary or non-UTF-8: an error if ``f.explicit``, else counted in ``stats``)."""
+    if f.is_jsonl:
+        yield from iter_jsonl(f.path, f.doc_id)
         return
     try:
-        data = path.read_bytes()
+        data = f.path.read_bytes()
     except OSError as e:
-        raise RemaskError(f"cannot read data file '{path}' ({e.strerror}); check its permissions") from None
+        raise RemaskError(f"cannot read data file '{f.path}' ({e.strerror}); check its permissions") from None
     text = _decode(data)
     if text is None:
-        if explicit:
-            raise RemaskError(f"data file '{path}' is binary or not valid UTF-8; {_FIX}")
-        stats.skip(path)
+        if f.explicit:
+            raise RemaskError(binary_file_error(f.path))
+        stats.skip(f.path)
         return
     if text:
-        yield Document(doc_id, text)
+        yield Document(f.doc_id, text)
 
 
-def _iter_directory(root: Path, prefix: str, stats: CorpusStats) -> Iterator[Document]:
-    for rel, path in _walk(root):
-        yield from _iter_file(path, f"{prefix}{rel}", stats, explicit=False)
+def binary_file_error(path: Path) -> str:
+    return f"data file '{path}' is binary or not valid UTF-8; {_FIX}"
 
 
 def iter_documents(inputs: Sequence[str | Path] | None, stats: CorpusStats | None = None) -> Iterator[Document]:
@@ -135,29 +183,58 @@ def iter_documents(inputs: Sequence[str | Path] | None, stats: CorpusStats | Non
     how many files were skipped; a warning is also issued once the iteration ends.
     """
     stats = stats if stats is not None else CorpusStats()
-    if inputs is None:
-        root = default_corpus_root()
-        for path in default_corpus_files():
-            for doc in _iter_file(path, path.relative_to(root).as_posix(), stats, explicit=False):
-                stats.documents += 1
-                yield doc
-    else:
-        if isinstance(inputs, (str, Path)):  # a lone path is a common slip; accept it
-            inputs = [inputs]
-        for item in inputs:
-            path = Path(item)
-            if not path.exists():
-                raise RemaskError(f"data file '{item}' does not exist; {_FIX}")
-            if path.is_dir():
-                docs = _iter_directory(path, path.resolve().name + "/", stats)
-            else:
-                docs = _iter_file(path, path.name, stats, explicit=True)
-            for doc in docs:
-                stats.documents += 1
-                yield doc
+    for f in corpus_files(inputs):
+        for doc in read_documents(f, stats):
+            stats.documents += 1
+            yield doc
     if stats.skipped_files:
         warnings.warn(f"skipped {stats.skipped_files} binary or non-UTF-8 files "
                       f"(e.g. {stats.skipped_examples[0]})", stacklevel=2)
+
+
+def scan_text(path: Path, chunk: int = 1 << 24) -> tuple[int, int] | None:
+    """Stream a text file once without holding it: (characters, bytes of a leading BOM), or None if
+    it is binary (a NUL byte) or not valid UTF-8. Memory stays at one ``chunk``."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    chars, bom = 0, 0
+    with open(path, "rb") as f:
+        first = True
+        while data := f.read(chunk):
+            if b"\x00" in data:
+                return None
+            try:
+                decoder.decode(data)
+            except UnicodeDecodeError:
+                return None
+            if first and data.startswith(codecs.BOM_UTF8):
+                bom = len(codecs.BOM_UTF8)
+            first = False
+            chars += char_count(data)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return None
+    return chars - (1 if bom else 0), bom
+
+
+def char_count(data: bytes) -> int:
+    """Characters in valid UTF-8 bytes: every byte but continuation bytes (0b10xxxxxx) starts one."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    return int(arr.size - np.count_nonzero((arr & 0xC0) == 0x80))
+
+
+def char_offset(path: Path, start: int, n_chars: int, chunk: int = 1 << 24) -> int:
+    """The byte offset of the character ``n_chars`` characters after byte ``start`` of a valid UTF-8 file."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos, left = start, n_chars
+        while data := f.read(chunk):
+            starts = np.flatnonzero((np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80)
+            if left < starts.size:
+                return pos + int(starts[left])
+            left -= starts.size
+            pos += len(data)
+    return pos
 
 
 def describe_inputs(inputs: Sequence[str | Path] | None) -> str:

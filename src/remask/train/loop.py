@@ -2,16 +2,21 @@
 
 Single process:   remask train --data corpus/ --out runs/x
 Several GPUs:     torchrun --nproc_per_node 8 -m remask train --data corpus/ --out runs/x
+Sharded (FSDP2):  torchrun --nproc_per_node 8 -m remask train --train.parallel fsdp ...
+Several nodes:    torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m remask train ...
 CPU, 2 processes: torchrun --nproc_per_node 2 -m remask train --train.device cpu ...
 
 The global batch (``--batch-size`` sequences) is split over processes, then micro-batches.
 Each sample's data and masking noise are keyed by (seed, step, global index), and the loss is
 divided by the global batch size, so the gradient does not depend on how the batch is split.
+
+A step whose loss or gradient norm is not finite on any process is skipped on all of them and
+logged; ``nan_patience`` of them in a row send the run back to its last checkpoint with the
+learning rate cut by ``nan_lr_factor`` (``_skip``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -30,9 +35,8 @@ from remask.checkpoint import Checkpoint, guard_run_dir, load_checkpoint, save_c
 from remask.config import RunConfig
 from remask.data.batch import Batch
 from remask.data.tokenizer import load_tokenizer
-from remask.devices import autocast
+from remask.devices import autocast, autocast_dtype
 from remask.errors import RemaskError
-from remask.fileio import write_text_atomic
 from remask.model import Transformer, build_model
 from remask.objectives import OBJECTIVES
 from remask.rng import NOISE, STEP, keyed_generator, keyed_uniform
@@ -41,8 +45,13 @@ from remask.sampling.decode import decode
 from remask.train import distributed
 from remask.train.batches import BatchSource, TokenWindows
 from remask.train.optim import build_optimizer, lr_at
+from remask.train.rundir import find_data_dir, record_data_dir, truncate_metrics
 
 EVAL_SEED = 20250214  # validation noise never changes, so val numbers compare across runs
+# TrainConfig fields a resumed run takes from the command line rather than from its checkpoint.
+RESUME_MAY_CHANGE = ("max_steps", "time_budget", "progress", "parallel", "activation_checkpointing", "compile",
+                     "nan_patience", "nan_lr_factor")
+MAX_RELOADS = 8  # NaN-guard reloads per run before giving up: by then the LR is 1/256 (factor 0.5) of the plan
 
 
 @dataclass
@@ -73,47 +82,36 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[Batch, np.ndarray]], cf
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=info.device)  # (sum of losses, count)
-    for batch, idx in batches[info.rank :: info.world_size]:
+    mine = batches[info.rank :: info.world_size]
+    # Under FSDP every forward gathers weights from every process, so all run as many forwards;
+    # a process short of batches repeats one with weight 0.
+    rounds = -(-len(batches) // info.world_size) if info.sharded else len(mine)
+    for k in range(rounds):
+        batch, idx = mine[k] if k < len(mine) else batches[0]
+        weight = float(k < len(mine))
         batch = batch.to(info.device)
         for d in range(draws):
             noise = keyed_uniform(EVAL_SEED, d, idx, 1 + batch.tokens.shape[1]).to(info.device)
             with autocast(info.device, t.dtype):
                 contrib = loss_fn(model, batch, noise, mask_id=cfg.model.mask_token_id, eps=t.mask_eps)
-            total += torch.stack([contrib.double().sum(), torch.tensor(float(len(idx)), device=info.device)])
+            total += weight * torch.stack([contrib.double().sum(), torch.tensor(float(len(idx)), device=info.device)])
     distributed.all_reduce_sum(total, info)
     model.train(was_training)
     return (total[0] / total[1].clamp_min(1)).item()
 
 
-def _resolve_data(data: Any, tok: Any, out_dir: Path, info: distributed.DistInfo) -> tuple[str, Any]:
+def _resolve_data(data: Any, tok: Any, out_dir: Path, info: distributed.DistInfo,
+                  progress: bool = False) -> tuple[str, Any]:
     """(prepared data directory, the tokenizer that produced its ids); rank 0 prepares, the rest
     wait. A directory prepared earlier brings its own tokenizer; raw text is tokenised with ``tok``."""
     from remask.data.prepare import is_prepared, resolve_data
 
     if isinstance(data, (str, Path)) and is_prepared(data):
         return str(data), load_tokenizer(Path(data) / "tokenizer")
-    box = [str(resolve_data(data, out_dir / "data", tok)) if info.is_main else None]
+    box = [str(resolve_data(data, out_dir / "data", tok, progress=progress)) if info.is_main else None]
     if info.enabled:
         torch.distributed.broadcast_object_list(box, src=0)
     return box[0], tok
-
-
-def _record_data_dir(data_dir: str | None, out_dir: Path) -> str | None:
-    """``data_dir`` as train_state.json records it: relative to the run directory when it lies
-    inside (the default ``RUN/data``), so the run can be moved and resumed from anywhere; else absolute."""
-    if data_dir is None:
-        return None
-    path, run = Path(data_dir).resolve(), out_dir.resolve()
-    return path.relative_to(run).as_posix() if path.is_relative_to(run) else str(path)
-
-
-def _find_data_dir(recorded: str | None, out_dir: Path) -> str | None:
-    """The prepared data a resumed run recorded. A relative path is relative to the run directory;
-    runs saved before that rule recorded it relative to their working directory, so that is the fallback."""
-    if recorded is None or Path(recorded).is_absolute():
-        return recorded
-    in_run = out_dir / recorded
-    return recorded if not in_run.exists() and Path(recorded).exists() else str(in_run)
 
 
 def _build(cfg: RunConfig, tok: Any, info: distributed.DistInfo) -> tuple[Transformer, RunConfig]:
@@ -146,17 +144,18 @@ def _restore(cfg: RunConfig, out_dir: Path, info: distributed.DistInfo, *, data:
     model, ck, data_dir = None, None, None
     if resume:
         ck = load_checkpoint(out_dir, info.device, with_optimizer=True)
-        # The run's own config wins, except for the bounds the user may extend on resume.
-        train_cfg = replace(ck.config.train, max_steps=cfg.train.max_steps, time_budget=cfg.train.time_budget,
-                            progress=cfg.train.progress)
+        # The run's own config wins, except for the bounds the user may extend on resume and how it
+        # runs (checkpoints hold full state, so DDP and FSDP resume each other's runs).
+        train_cfg = replace(ck.config.train, **{k: getattr(cfg.train, k) for k in RESUME_MAY_CHANGE})
         model, cfg, tok = ck.model, RunConfig(model=ck.config.model, train=train_cfg), ck.tokenizer
-        data_dir = _find_data_dir(ck.train_state.get("data_dir"), out_dir)
+        data_dir = find_data_dir(ck.train_state.get("data_dir"), out_dir)
     elif init_from is not None:
         model, cfg, tok = _from_checkpoint(init_from, cfg, tokenizer, info)
     else:
         tok = None if source is None and tokenizer is None else load_tokenizer(tokenizer)
     if source is None and data_dir is None:
-        data_dir, data_tok = _resolve_data(data, tok if tok is not None else load_tokenizer(None), out_dir, info)
+        data_dir, data_tok = _resolve_data(data, tok if tok is not None else load_tokenizer(None), out_dir, info,
+                                           progress=cfg.train.progress)
         if tok is not None and data_tok.digest() != tok.digest():
             whose = f"--tokenizer {tokenizer}" if init_from is None else f"checkpoint '{init_from}'s tokenizer"
             raise RemaskError(f"--data {data} was prepared with a different tokenizer than {whose}; pass raw text "
@@ -174,11 +173,20 @@ class LoopState:
     elapsed: float = 0.0  # seconds spent in optimizer steps (evaluation and checkpoints excluded)
     tokens_seen: int = 0
     last_val: float = math.nan  # validation loss of the latest evaluation
+    lr_scale: float = 1.0  # the NaN guard's cut to the scheduled learning rate (nan_lr_factor per reload)
+    nan_streak: int = 0  # steps skipped in a row for a non-finite loss or gradient norm
+    reloads: int = 0  # times the NaN guard went back to the last checkpoint
 
     @classmethod
     def from_train_state(cls, saved: dict[str, Any]) -> LoopState:
         return cls(step=int(saved.get("step", 0)), elapsed=float(saved.get("elapsed", 0.0)),
-                   tokens_seen=int(saved.get("tokens_seen", 0)), last_val=float(saved.get("val_loss", math.nan)))
+                   tokens_seen=int(saved.get("tokens_seen", 0)), last_val=float(saved.get("val_loss", math.nan)),
+                   lr_scale=float(saved.get("lr_scale", 1.0)), nan_streak=int(saved.get("nan_streak", 0)),
+                   reloads=int(saved.get("reloads", 0)))
+
+    def train_state(self) -> dict[str, Any]:
+        return {"step": self.step, "elapsed": self.elapsed, "tokens_seen": self.tokens_seen, "val_loss": self.last_val,
+                "lr_scale": self.lr_scale, "nan_streak": self.nan_streak, "reloads": self.reloads}
 
 
 @dataclass
@@ -197,18 +205,28 @@ class _Throughput:
 
 
 @dataclass
+class _Step:
+    """What one optimizer step reports, the same on every process."""
+    lr: float
+    loss: float  # mean per-sample loss over the global batch (NaN or inf when skipped for it)
+    grad_norm: float  # before clipping
+    skipped: str | None  # why the update was skipped, or None
+
+
+@dataclass
 class _Run:
     """What stays fixed while the loop runs, and the run directory's outputs: metrics and checkpoint."""
     cfg: RunConfig
     info: distributed.DistInfo
     out_dir: Path
-    model: Transformer  # unwrapped: the optimizer, clipping, evaluation and checkpoints use it
+    model: Transformer  # unwrapped (sharded in place under FSDP): the optimizer, clipping and evaluation use it
     ddp_model: torch.nn.Module  # what training steps call: DDP under torchrun, else ``model``
     optimizer: torch.optim.Optimizer
     tok: Any
     source: BatchSource
     val_batches: list[tuple[Batch, np.ndarray]]
-    data_dir: str | None  # as train_state.json records it (see _record_data_dir)
+    data_dir: str | None  # as train_state.json records it (see rundir.record_data_dir)
+    saved_step: int | None = None  # step of the checkpoint this run last wrote or resumed from
 
     @property
     def metrics_path(self) -> Path:
@@ -225,18 +243,21 @@ class _Run:
         return loss
 
     def checkpoint(self, s: LoopState) -> Path:
+        """Save the full, single-process state (gathered onto rank 0 under FSDP) into RUN/checkpoint."""
         ck = self.out_dir / "checkpoint"
-        if self.info.is_main:
-            save_checkpoint(ck, self.model, self.cfg, self.tok, optimizer=self.optimizer, train_state={
-                "step": s.step, "elapsed": s.elapsed, "tokens_seen": s.tokens_seen, "data_dir": self.data_dir,
-                "val_loss": s.last_val, "objective": self.cfg.train.objective, "world_size": self.info.world_size})
+        full = distributed.gathered(self.model, self.optimizer, self.info)  # every process takes part
+        if full is not None and self.info.is_main:
+            save_checkpoint(ck, full[0], self.cfg, self.tok, optimizer=full[1], train_state={
+                **s.train_state(), "data_dir": self.data_dir, "objective": self.cfg.train.objective,
+                "world_size": self.info.world_size})
         distributed.barrier(self.info)
+        self.saved_step = s.step
         return ck
 
 
 def _make_run(cfg: RunConfig, model: Transformer, tok: Any, out_dir: Path, info: distributed.DistInfo, *,
-              source: BatchSource | None, data_dir: str | None, opt_state: dict[str, Any] | None) -> _Run:
-    """Check batch and sequence sizes, then set up the batch source, DDP wrapper and optimizer."""
+              source: BatchSource | None, data_dir: str | None, ck: Checkpoint | None) -> _Run:
+    """Check batch and sequence sizes, then set up the batch source, parallel wrapper and optimizer."""
     t = cfg.train
     if t.batch_size % info.world_size:
         raise RemaskError(f"--batch-size {t.batch_size} must be a multiple of the {info.world_size} processes")
@@ -247,16 +268,14 @@ def _make_run(cfg: RunConfig, model: Transformer, tok: Any, out_dir: Path, info:
     if source is None:
         source = TokenWindows(data_dir, t.seq_len, t.seed)
     model.train()
-    if t.compile:
-        for block in model.blocks:
-            block.compile()
-    ddp_model = distributed.wrap(model, info)
+    ddp_model = distributed.parallelize(model, info, compile=t.compile, checkpoint_blocks=t.activation_checkpointing,
+                                        param_dtype=autocast_dtype(t.dtype, info.device))
     optimizer = build_optimizer(model, t)
-    if opt_state is not None:
-        optimizer.load_state_dict(opt_state)
+    if ck is not None and ck.optimizer_state is not None:
+        distributed.load_full_state(model, optimizer, None, ck.optimizer_state, info)
     val_batches = source.val_batches(t.micro_batch_size, t.eval_batches)
     return _Run(cfg, info, out_dir, model, ddp_model, optimizer, tok, source, val_batches,
-                _record_data_dir(data_dir, out_dir))
+                record_data_dir(data_dir, out_dir), saved_step=None if ck is None else int(ck.train_state.get("step", 0)))
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None = None,
@@ -270,38 +289,33 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
     source: a ready BatchSource (SFT passes its own); init_from: start from a checkpoint's
     weights; resume: continue ``out_dir``'s checkpoint exactly; overwrite: start afresh even where
     ``out_dir`` already holds a checkpoint (refused otherwise). callback(step, loss) runs after
-    every optimizer step; raising KeyboardInterrupt there (or Ctrl-C) saves and stops.
+    every optimizer step (loss is NaN where not logged); raising KeyboardInterrupt there (or
+    Ctrl-C) saves and stops.
     """
     out_dir = Path(out_dir)
     guard_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    info = distributed.setup(cfg.train.device)
+    info = distributed.setup(cfg.train.device, parallel=cfg.train.parallel)
     model, cfg, tok, data_dir, ck = _restore(cfg, out_dir, info, data=data, tokenizer=tokenizer, source=source,
                                              init_from=init_from, resume=resume)
-    run = _make_run(cfg, model, tok, out_dir, info, source=source, data_dir=data_dir,
-                    opt_state=ck.optimizer_state if ck is not None else None)
+    run = _make_run(cfg, model, tok, out_dir, info, source=source, data_dir=data_dir, ck=ck)
     s = LoopState.from_train_state(ck.train_state if ck is not None else {})
     start, t = s.step, cfg.train
-    if info.is_main:
-        _truncate_metrics(run.metrics_path, start)
-        if t.time_budget is not None and s.elapsed >= t.time_budget and s.step < t.max_steps:
-            warnings.warn(f"the run's time budget of {t.time_budget:g} s is spent ({s.elapsed:.0f} s trained), so no "
-                          "step is taken; raise it with --time-budget SECONDS or lift it with --time-budget none",
-                          stacklevel=2)
-    if t.progress and info.is_main:
-        m = cfg.model
-        print(f"remask {t.objective}: {model.num_params() / 1e6:.2f}M parameters (d_model {m.d_model}, {m.n_layer} "
-              f"layers, {'causal' if m.causal else 'bidirectional'}), {info.world_size} process(es) on {info.device}, "
-              f"batch {t.batch_size} x {t.seq_len} tokens; run directory {out_dir}", file=sys.stderr)
+    _announce(run, s)
     bar = tqdm(total=t.max_steps, initial=start, disable=not (t.progress and info.is_main), unit="step",
                dynamic_ncols=True, desc=t.objective)
 
     meter, interrupted = _Throughput(), False
     try:
         while s.step < t.max_steps and (t.time_budget is None or s.elapsed < t.time_budget):
-            lr, step_loss = _optimizer_step(run, s, meter)
+            st = _optimizer_step(run, s, meter)
             loss_val = math.nan
-            if s.step % t.log_interval == 0 or s.step == t.max_steps:
-                loss_val = _log_step(run, s, meter, step_loss, lr, bar)
+            if st.skipped is not None:
+                if _skip(run, s, st):  # went back to the last checkpoint
+                    bar.n = s.step
+                    bar.refresh()
+                    continue
+            elif s.step % t.log_interval == 0 or s.step == t.max_steps:
+                loss_val = _log_step(run, s, meter, st, bar)
             bar.update(1)
             if callback is not None:
                 callback(s.step, loss_val)
@@ -313,14 +327,29 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
     return _finish(run, s, start=start, interrupted=interrupted, tok_s=meter.tok_s)
 
 
-def _optimizer_step(run: _Run, s: LoopState, meter: _Throughput) -> tuple[float, torch.Tensor]:
-    """One optimizer step on the global batch of step ``s.step``, this process's share of it in
-    micro-batches; advances ``s``. Returns (learning rate, this process's summed per-sample losses)."""
+def _announce(run: _Run, s: LoopState) -> None:
+    """On rank 0: drop metrics a crash left past the checkpoint, warn of a spent time budget, and
+    describe the run (with the progress bar on)."""
+    t, info, m = run.cfg.train, run.info, run.cfg.model
+    if not info.is_main:
+        return
+    truncate_metrics(run.metrics_path, s.step)
+    if t.time_budget is not None and s.elapsed >= t.time_budget and s.step < t.max_steps:
+        warnings.warn(f"the run's time budget of {t.time_budget:g} s is spent ({s.elapsed:.0f} s trained), so no "
+                      "step is taken; raise it with --time-budget SECONDS or lift it with --time-budget none",
+                      stacklevel=3)
+    if t.progress:
+        how = f", {t.parallel}" if info.enabled or info.sharded else ""
+        print(f"remask {t.objective}: {run.model.num_params() / 1e6:.2f}M parameters (d_model {m.d_model}, "
+              f"{m.n_layer} layers, {'causal' if m.causal else 'bidirectional'}), {info.world_size} process(es) on "
+              f"{info.device}{how}, batch {t.batch_size} x {t.seq_len} tokens; run directory {run.out_dir}",
+              file=sys.stderr)
+
+
+def _accumulate(run: _Run, s: LoopState) -> tuple[torch.Tensor, int]:
+    """Forward and backward over this process's share of step ``s.step``'s global batch, in
+    micro-batches. Returns (this process's summed per-sample losses, tokens in the global batch)."""
     t, info = run.cfg.train, run.info
-    t0 = time.perf_counter()
-    lr = lr_at(s.step, t, s.elapsed)
-    for g in run.optimizer.param_groups:
-        g["lr"] = lr
     # LLaDA: in a small fraction of batches, cut every sequence to one random length.
     cut_rng = keyed_generator(t.seed, s.step, 0, STEP)
     length = t.seq_len
@@ -336,37 +365,80 @@ def _optimizer_step(run: _Run, s: LoopState, meter: _Throughput) -> tuple[float,
         batch = run.source.train_batch(s.step, idx).truncate(length).to(info.device)
         n_tok += batch.tokens.numel() * info.world_size  # SFT batches can be shorter than seq_len
         noise = keyed_uniform(t.seed, s.step, idx, 1 + batch.tokens.shape[1], NOISE).to(info.device)
-        sync = j == len(micro) - 1 or not info.enabled  # DDP all-reduces gradients on the last micro-batch only
-        with (contextlib.nullcontext() if sync else run.ddp_model.no_sync()), autocast(info.device, t.dtype):
+        sync = j == len(micro) - 1  # DDP all-reduces gradients on the last micro-batch only
+        with distributed.sync_gradients(run.ddp_model, sync), autocast(info.device, t.dtype):
             contrib = loss_fn(run.ddp_model, batch, noise, mask_id=run.cfg.model.mask_token_id, eps=t.mask_eps)
-            # Sum / GLOBAL batch; DDP averages over processes, hence the world_size factor.
+            # Sum / GLOBAL batch; DDP and FSDP average over processes, hence the world_size factor.
             loss = contrib.sum() * (info.world_size / t.batch_size)
         loss.backward()
         step_loss += contrib.detach().sum()
-    if t.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.grad_clip)
-    run.optimizer.step()
+    return step_loss, n_tok
+
+
+def _optimizer_step(run: _Run, s: LoopState, meter: _Throughput) -> _Step:
+    """One optimizer step on the global batch of step ``s.step``; advances ``s``. A non-finite loss or
+    gradient norm on any process skips the update on all of them (the flags are all-reduced)."""
+    t, info = run.cfg.train, run.info
+    t0 = time.perf_counter()
+    lr = lr_at(s.step, t, s.elapsed) * s.lr_scale
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    step_loss, n_tok = _accumulate(run, s)
+    norm = distributed.grad_norm(run.model, t.grad_clip)  # global: the same on every process
+    # (summed losses, processes whose loss is not finite, processes whose gradient norm is not finite)
+    stats = torch.stack([step_loss, (~step_loss.isfinite()).float(), (~norm.isfinite()).float()])
+    loss_sum, bad_loss, bad_norm = distributed.all_reduce_sum(stats, info).tolist()  # one host sync per step
+    skipped = "non-finite loss" if bad_loss else "non-finite gradient norm" if bad_norm else None
+    if skipped is None:
+        run.optimizer.step()
+        s.nan_streak = 0
     run.optimizer.zero_grad(set_to_none=True)
     s.step += 1
     s.tokens_seen += n_tok
     meter.tokens += n_tok
     s.elapsed += time.perf_counter() - t0
-    return lr, step_loss
+    return _Step(lr, loss_sum / t.batch_size, norm.item(), skipped)
 
 
-def _log_step(run: _Run, s: LoopState, meter: _Throughput, step_loss: torch.Tensor, lr: float, bar: tqdm) -> float:
-    """Log the mean loss of the step just taken (over all processes) with lr and throughput; return it.
-    A loss that is no longer finite stops the run."""
-    t = run.cfg.train
-    loss_val = distributed.all_reduce_sum(step_loss, run.info).item() / t.batch_size
+def _log_step(run: _Run, s: LoopState, meter: _Throughput, st: _Step, bar: tqdm) -> float:
+    """Log the mean loss of the step just taken (over all processes) with lr, gradient norm and
+    throughput; return it."""
     tok_s = meter.measure()
-    run.log({"step": s.step, "loss": loss_val, "lr": lr, "tokens_per_s": tok_s, "elapsed": s.elapsed,
-             "tokens": s.tokens_seen})
-    bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+    run.log({"step": s.step, "loss": st.loss, "lr": st.lr, "grad_norm": st.grad_norm, "tokens_per_s": tok_s,
+             "elapsed": s.elapsed, "tokens": s.tokens_seen})
+    bar.set_postfix(loss=f"{st.loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
     meter.restart()
-    if not math.isfinite(loss_val):
-        raise RemaskError(f"loss became {loss_val} at step {s.step}; lower --train.lr (now {t.lr})")
-    return loss_val
+    return st.loss
+
+
+def _skip(run: _Run, s: LoopState, st: _Step) -> bool:
+    """Record a step skipped by the NaN guard; after ``nan_patience`` in a row, go back to the last
+    checkpoint with the learning rate cut by ``nan_lr_factor`` (LLaDA's own remedy when its run hit
+    a NaN). Returns whether it went back."""
+    t = run.cfg.train
+    s.nan_streak += 1
+    run.log({"step": s.step, "skipped": st.skipped, "nan_streak": s.nan_streak, "lr": st.lr,
+             "grad_norm": st.grad_norm if math.isfinite(st.grad_norm) else str(st.grad_norm)})
+    if s.nan_streak < t.nan_patience:
+        return False
+    if run.saved_step is None:
+        raise RemaskError(f"{s.nan_streak} steps in a row had a {st.skipped} (last: step {s.step}) before any "
+                          f"checkpoint to go back to; lower --train.lr (now {t.lr}) or --train.ckpt_interval")
+    if s.reloads >= MAX_RELOADS:
+        raise RemaskError(f"{st.skipped} again after {s.reloads} reloads of the last checkpoint (learning rate now "
+                          f"x{s.lr_scale:g}); check the data, or lower --train.lr and resume")
+    ck = load_checkpoint(run.out_dir / "checkpoint", run.info.device, with_optimizer=True)
+    distributed.load_full_state(run.model, run.optimizer, ck.model.state_dict(), ck.optimizer_state, run.info)
+    back = LoopState.from_train_state(ck.train_state)
+    failed_at = s.step
+    s.step, s.tokens_seen, s.nan_streak = back.step, back.tokens_seen, 0  # elapsed time is not given back
+    s.lr_scale *= t.nan_lr_factor
+    s.reloads += 1
+    run.log({"step": s.step, "reload": True, "failed_at": failed_at, "lr_scale": s.lr_scale, "reloads": s.reloads})
+    if run.info.is_main:
+        warnings.warn(f"{t.nan_patience} steps in a row skipped for a {st.skipped} (to step {failed_at}); back to "
+                      f"the checkpoint of step {s.step} with the learning rate x{s.lr_scale:g}", stacklevel=3)
+    return True
 
 
 def _evaluate_and_checkpoint(run: _Run, s: LoopState, meter: _Throughput) -> None:
@@ -389,8 +461,10 @@ def _finish(run: _Run, s: LoopState, *, start: int, interrupted: bool, tok_s: fl
     # A fresh run reports its average throughput; a resumed one, that of its last logged window.
     tok_s = s.tokens_seen / s.elapsed if s.elapsed > 0 and start == 0 else tok_s
     samples = []
-    if run.info.is_main and not interrupted:
-        samples = final_samples(run.model, run.tok, run.cfg, run.cfg.train.samples)
+    if run.info.is_main and not interrupted and run.cfg.train.samples > 0:
+        # Under FSDP no process holds the whole model, so rank 0 samples from the checkpoint just saved.
+        model = load_checkpoint(ck, run.info.device).model if run.info.sharded else run.model
+        samples = final_samples(model, run.tok, run.cfg, run.cfg.train.samples)
     distributed.teardown(run.info)
     return TrainResult(s.step, tok_s, s.last_val, _bpb(s.last_val, run.source), s.elapsed, ck, samples, interrupted)
 
@@ -399,21 +473,6 @@ def _bpb(nats_per_token: float, source: BatchSource) -> float | None:
     """Bits per UTF-8 byte: tokenizer-independent, so models with different vocabularies compare."""
     bpt = getattr(source, "bytes_per_token", None)
     return None if not bpt or not math.isfinite(nats_per_token) else nats_per_token / math.log(2) / bpt
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records a crashed run wrote after its last checkpoint, and a line a crash cut
-    short (appends are not atomic), with one atomic rewrite."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    write_text_atomic(path, "".join(k + "\n" for k in keep))
 
 
 def final_samples(model: Transformer, tok: Any, cfg: RunConfig, n: int) -> list[str]:
