@@ -125,7 +125,9 @@ def _build(cfg: RunConfig, tok: Any, info: distributed.DistInfo) -> tuple[Transf
 def _from_checkpoint(init_from: str | Path, cfg: RunConfig, tokenizer: Any,
                      info: distributed.DistInfo) -> tuple[Transformer, RunConfig, Any]:
     """A checkpoint's weights and model config, trained with ``cfg.train`` (SFT, continued pre-training)."""
-    ck = load_checkpoint(init_from, info.device)
+    # float32 master weights whatever the checkpoint stores (LLaDA-8B ships bf16, where AdamW's small
+    # updates would round away); autocast (train.dtype) decides the compute precision
+    ck = load_checkpoint(init_from, info.device, dtype=torch.float32)
     model, cfg, tok = ck.model, RunConfig(model=ck.config.model, train=cfg.train), ck.tokenizer
     if tokenizer is not None:  # e.g. the base tokenizer with a chat template added for SFT
         tok = load_tokenizer(tokenizer)
@@ -143,7 +145,7 @@ def _restore(cfg: RunConfig, out_dir: Path, info: distributed.DistInfo, *, data:
     own on resume, a checkpoint's weights with ``init_from``, else a fresh model for the data's tokenizer."""
     model, ck, data_dir = None, None, None
     if resume:
-        ck = load_checkpoint(out_dir, info.device, with_optimizer=True)
+        ck = load_checkpoint(out_dir, info.device, with_optimizer=True, dtype=torch.float32)
         # The run's own config wins, except for the bounds the user may extend on resume and how it
         # runs (checkpoints hold full state, so DDP and FSDP resume each other's runs).
         train_cfg = replace(ck.config.train, **{k: getattr(cfg.train, k) for k in RESUME_MAY_CHANGE})
