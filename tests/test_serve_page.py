@@ -172,7 +172,8 @@ def _generate(page, expect) -> None:
     for field, value in [("#max_tokens", "16"), ("#steps", "16"), ("#block_length", "8"), ("#temperature", "0")]:
         page.fill(field, value)
     page.click("#generate")
-    expect(page.locator("#status")).to_have_text(re.compile(r"^done"), timeout=10_000)
+    expect(page.locator("#status")).to_have_text(re.compile(r"^(done|failed)"), timeout=10_000)
+    assert page.locator("#status").text_content().startswith("done"), page.locator("#error").text_content()
     expect(page.locator("#canvas .cell")).to_have_count(16)
     expect(page.locator("#canvas .cell.masked")).to_have_count(0)
     assert page.locator("#canvas .cell.committed").count() == 16
