@@ -53,7 +53,7 @@ from remask.data.prepare import prepare
 from remask.model import Transformer, build_model
 from remask.objectives import forward_process, masked_token_nll, mdm_loss, sft_loss
 from remask.rng import keyed_uniform
-from train_throughput import model_flops_per_token
+from train_throughput import corpus_dir, model_flops_per_token
 
 LOG_INTERVAL = 5
 LLADA_VOCAB = 126_464
@@ -93,21 +93,9 @@ def run_train(procs: int, threads: int, data: Path, out: Path, flags: dict[str, 
     return windows
 
 
-def cpu_corpus(work: Path, min_bytes: int = 1 << 20) -> Path:
-    """About 1 MB of the standard library's sources (always present), prepared as byte tokens."""
-    files, size = [], 0
-    for path in default_corpus_files():
-        files.append(path)
-        size += path.stat().st_size
-        if size >= min_bytes:
-            break
-    prepare(files, work / "data")
-    return work / "data"
-
-
 def throughput(args: argparse.Namespace, extra: list[str], work: Path) -> str:
     cores = os.cpu_count() or 1
-    data = cpu_corpus(work)
+    data = corpus_dir(work)
     flags = {"preset": "small", "max-steps": args.warmup + args.steps, "train.log_interval": LOG_INTERVAL,
              "train.eval_interval": 0, "train.eval_batches": 1, "train.ckpt_interval": 0, "train.samples": 0,
              "train.device": "cpu", "train.dtype": "float32"}
