@@ -154,6 +154,8 @@ def test_page_in_chromium(mdm: nn.Module, tmp_path: Path):
             page.on("request", lambda req: None if req.url.startswith(base[:-3]) else outside.append(req.url))
             page.goto(base[:-3] + "/")
             expect(page.locator("#model")).to_contain_text("tiny")
+            # the defaults arrive after the model card; filling a field before then would be overwritten
+            expect(page.locator("body")).to_have_attribute("data-ready", "1")
             _generate(page, expect)
             _replay(page, expect)
             _pin(page, expect)

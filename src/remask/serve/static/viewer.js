@@ -45,6 +45,7 @@ async function load() {
     $("pins-note").textContent = "Pinning words needs a masked diffusion checkpoint; this one writes left to right.";
     for (const el of $("pins-box").querySelectorAll("input, button")) el.disabled = true;
   }
+  document.body.dataset.ready = "1";  // the settings hold the server's defaults: safe to edit them now
 }
 
 // ----------------------------------------------------------------------------- pins
