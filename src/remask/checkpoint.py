@@ -7,9 +7,11 @@
       train_state.json        step, elapsed time, data location, metrics of the last eval
       optimizer.safetensors   AdamW moments, param groups in the metadata (training only)
 
-A run directory holds its latest checkpoint in ``RUN/checkpoint``; every command that takes
-``--ckpt`` accepts either. The directory is built under a temporary name and swapped in with
-``os.replace``, so a crash mid-save never leaves a half-written checkpoint behind.
+A run directory holds its latest checkpoint in ``RUN/checkpoint``, or, when it keeps several
+(``--train.keep K``), in ``RUN/checkpoints/step-NNNNNN`` with ``RUN/latest`` (one line, written
+atomically) naming the newest complete one; every command that takes ``--ckpt`` accepts the run,
+``RUN/checkpoint`` or a checkpoint directory. Each is built under a temporary name and swapped in
+with ``os.replace``, so a crash mid-save never leaves a half-written checkpoint behind.
 
 Every ``--ckpt`` also takes a LLaDA-8B directory (the Hugging Face layout: config.json with
 ``model_type: "llada"``, sharded safetensors with their index, tokenizer.json; ``remask.llada``),
@@ -26,6 +28,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,8 @@ from remask.model import Transformer
 
 FORMAT, VERSION = "remask-checkpoint", 1
 WEIGHTS = "model.safetensors"
+LATEST, KEPT = "latest", "checkpoints"  # RUN/latest names the newest of RUN/checkpoints/step-*
+SHARDS = "shards"  # torch.distributed.checkpoint files of a sharded save, in place of the two safetensors
 DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes per exported shard (Hugging Face's default)
 # safetensors' dtype names -> torch; checkpoints hold floating-point weights only
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
@@ -84,15 +89,23 @@ def checkpoint_kind(directory: str | Path) -> str | None:
     if isinstance(meta, dict) and llada.is_hf_config(meta):
         llada.check_supported(meta, d / "config.json")
         return "llada"
-    return "remask" if (d / WEIGHTS).is_file() else None
+    if (d / WEIGHTS).is_file():
+        return "remask"
+    return "sharded" if (d / SHARDS / ".metadata").is_file() else None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, a run directory whose ``checkpoint/`` is one, or a LLaDA directory."""
+    """A checkpoint directory, a run directory (its ``latest`` pointer, else its ``checkpoint/``),
+    ``RUN/checkpoint`` of a run that keeps several, or a LLaDA directory."""
     p = Path(path)
-    for cand in (p, p / "checkpoint"):
-        if checkpoint_kind(cand) is not None:
-            return cand
+    if checkpoint_kind(p) is not None:
+        return p
+    if (p / LATEST).is_file():
+        return resolve_checkpoint(_pointed(p))
+    if checkpoint_kind(p / "checkpoint") is not None:
+        return p / "checkpoint"
+    if p.name == "checkpoint" and not p.exists() and (p.parent / LATEST).is_file():
+        return resolve_checkpoint(p.parent)
     stale = sorted(p.parent.glob(f".{p.name}.old-*")) if p.name else []
     if stale:  # a crash between the two renames of a save: the previous checkpoint survives here
         return resolve_checkpoint(stale[-1])
@@ -102,6 +115,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise RemaskError(f"'{p}' is not a remask checkpoint (no model.safetensors + config.json) nor a LLaDA directory "
                       "(config.json with model_type \"llada\"); pass a directory written by `remask train` or "
                       "`remask sft`, or a downloaded LLaDA-8B model")
+
+
+def _pointed(run: Path) -> Path:
+    """The checkpoint ``RUN/latest`` names (a path relative to the run, so runs stay movable)."""
+    name = (run / LATEST).read_text(encoding="utf-8").strip()
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise RemaskError(f"'{run / LATEST}' does not name a checkpoint inside the run ({name!r}); point it at "
+                          f"one of '{run / KEPT}' or delete it")
+    return run / name
+
+
+def has_checkpoint(run: str | Path) -> bool:
+    """Whether a run directory holds a checkpoint to resume (complete or in a crash's recovery name)."""
+    run = Path(run)
+    return (run / LATEST).is_file() or (run / "checkpoint").exists() or any(run.glob(".checkpoint.old-*"))
 
 
 def read_config(path: str | Path) -> RunConfig:
@@ -118,7 +146,7 @@ def read_config(path: str | Path) -> RunConfig:
 
 def guard_run_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Nothing is lost: a new run may not replace the checkpoint a directory already holds."""
-    if not resume and not overwrite and (Path(out_dir) / "checkpoint").exists():
+    if not resume and not overwrite and has_checkpoint(out_dir):
         raise RemaskError(f"'{out_dir}' already holds a checkpoint; pass --resume to continue it, --overwrite "
                           "to replace it, or --out to start elsewhere")
 
@@ -132,23 +160,28 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: RunConfig, 
                     train_state: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint directory atomically (build under a temp name, then rename)."""
     final = Path(directory)
-    tmp = _temp_dir(final)
+    tmp = temp_dir(final)
     state = {k: v.detach().contiguous() for k, v in unwrap(model).state_dict().items()}
     if config.model.tie_embeddings:
         state.pop("lm_head.weight", None)  # same storage as embed.weight; safetensors stores it once
     save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+    if optimizer is not None:
+        tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"param_groups": json.dumps(groups)})
+    return finish_checkpoint(tmp, final, config, tokenizer, train_state)
+
+
+def finish_checkpoint(tmp: Path, final: Path, config: RunConfig, tokenizer: Any,
+                      train_state: dict[str, Any] | None) -> Path:
+    """Add config, tokenizer and train state to ``tmp`` (its weights written), then swap it in as ``final``."""
     _write_json(tmp / "config.json", {"format": FORMAT, "version": VERSION, **config.to_dict()})
     tokenizer.save(tmp)
     if train_state is not None:
         _write_json(tmp / "train_state.json", {**train_state, "saved_at": time.time()})
-    if optimizer is not None:
-        tensors, groups = _flatten_optimizer(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"param_groups": json.dumps(groups)})
-
     return _swap_in(tmp, final)
 
 
-def _temp_dir(final: Path) -> Path:
+def temp_dir(final: Path) -> Path:
     """An empty directory beside ``final`` to build it in."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
@@ -159,8 +192,9 @@ def _temp_dir(final: Path) -> Path:
 
 def _swap_in(tmp: Path, final: Path) -> Path:
     """Rename the finished ``tmp`` to ``final``, replacing what was there only once it is complete."""
-    for f in tmp.iterdir():  # safetensors writes 0600; a checkpoint is meant to be shared
-        f.chmod(default_mode())
+    for f in tmp.rglob("*"):  # safetensors writes 0600; a checkpoint is meant to be shared
+        if f.is_file():
+            f.chmod(default_mode())
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
         os.replace(final, old)
@@ -188,8 +222,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, wit
         _check_tokenizer(tok, config.model, ckpt)
     with torch.device("meta"):
         model = Transformer(config.model)
-    sources = llada.weight_files(ckpt, config.model) if kind == "llada" else _remask_sources(ckpt, model)
-    load_weights(model, sources, torch.device(device), dtype)
+    if kind == "sharded":
+        _load_shards(model, ckpt, torch.device(device), dtype)
+    else:
+        sources = llada.weight_files(ckpt, config.model) if kind == "llada" else _remask_sources(ckpt, model)
+        load_weights(model, sources, torch.device(device), dtype)
     model.eval()
 
     train_state = json.loads((ckpt / "train_state.json").read_text()) if (ckpt / "train_state.json").is_file() else {}
@@ -220,7 +257,7 @@ def export_checkpoint(path: str | Path, out: str | Path, *, shard_size: int = DE
         raise RemaskError(f"--out '{final}' would replace the checkpoint being exported; choose another directory")
     if final.exists() and not (final.is_dir() and overwrite):
         raise RemaskError(f"--out '{final}' already exists; pass --overwrite to replace it, or choose another directory")
-    tmp = _temp_dir(final)
+    tmp = temp_dir(final)
     try:
         llada.write_llada(ck.model, ck.tokenizer, tmp, shard_size=shard_size, dtype=dtype)
     except BaseException:
@@ -239,6 +276,24 @@ def _open(file: Path) -> Iterator[Any]:
             yield f
     except (SafetensorError, OSError) as e:
         raise RemaskError(f"'{file}' is unreadable ({type(e).__name__}: {e}); re-save or re-download it") from None
+
+
+def _load_shards(model: Transformer, ckpt: Path, device: torch.device, dtype: torch.dtype | str | None) -> None:
+    """Fill ``model`` (on the meta device) with the whole weights of a sharded save, in this process
+    alone (``remask.train.sharded`` writes them; its optimizer state loads through that module)."""
+    import torch.distributed.checkpoint as dcp
+
+    model.to_empty(device="cpu")
+    model.tie_weights()
+    state = model.state_dict()
+    try:
+        with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load({"model": state}, checkpoint_id=str(ckpt / SHARDS), no_dist=True)
+    except Exception as e:  # DCP raises its own CheckpointException for unreadable or mismatching files
+        raise RemaskError(f"the shards in '{ckpt / SHARDS}' are unreadable or do not match config.json "
+                          f"({type(e).__name__}); re-save the checkpoint") from None
+    model.to(device=device, dtype=_target_dtype(torch.float32, device, dtype))
 
 
 def _remask_sources(ckpt: Path, model: Transformer) -> dict[str, tuple[Path, str]]:

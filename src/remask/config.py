@@ -99,6 +99,10 @@ class TrainConfig:
     eval_mc: int = option("mask draws per validation window for the ELBO", 2)
     log_interval: int = option("append metrics every this many steps", 10)
     ckpt_interval: int = option("checkpoint every this many steps (0: only at the end)", 500)
+    ckpt_minutes: float | None = option("also checkpoint when this many minutes passed since the last save", None)
+    sharded_ckpt: bool = option("under FSDP each process saves its shards (`remask checkpoint consolidate` joins them)",
+                                False)
+    keep: int = option("checkpoints kept: 1 is RUN/checkpoint; K > 1 keeps RUN/checkpoints/step-* and RUN/latest", 1)
     device: str = option("cpu, cuda, cuda:N or auto (auto: CUDA when visible, else the CPU)", "auto")
     dtype: Literal["auto", "float32", "bfloat16"] = option("autocast dtype (auto: bf16 on CUDA, fp32 on CPU)", "auto")
     compile: bool = option("torch.compile each block", False)
@@ -128,6 +132,8 @@ class TrainConfig:
         check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
         check(self.warmup_steps >= 0 and self.eval_interval >= 0 and self.ckpt_interval >= 0,
               "train.warmup_steps, train.eval_interval and train.ckpt_interval must be >= 0")
+        check(self.keep >= 1, f"train.keep must be >= 1, got {self.keep}")
+        check(self.ckpt_minutes is None or self.ckpt_minutes > 0, "train.ckpt_minutes must be positive minutes")
         check(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
         check(self.objective in ("mdm", "ar", "sft"), f"train.objective must be mdm, ar or sft, got {self.objective!r}")
         check(self.parallel in ("ddp", "fsdp"), f"train.parallel must be ddp or fsdp, got {self.parallel!r}")

@@ -10,6 +10,7 @@
     remask eval               perplexity bound, completion, multiple choice    remask.evaluate
     remask serve              an OpenAI-compatible HTTP server                 remask.serve
     remask export             write a checkpoint in LLaDA-8B's HF layout       remask.checkpoint
+    remask checkpoint         consolidate a sharded (FSDP) checkpoint          remask.train.sharded
     remask plot               training curves of runs, side by side            remask.plot
 
 Each module here holds its command's ``add_args(parser)`` and ``run(args) -> int``;
@@ -52,6 +53,7 @@ COMMANDS = [
     Command("eval", "score a checkpoint: perplexity bound, completion accuracy, multiple choice", "eval"),
     Command("serve", "serve a checkpoint over HTTP (OpenAI-compatible API)", "serve"),
     Command("export", "write a checkpoint in LLaDA-8B's Hugging Face layout (config, shards, tokenizer)", "export"),
+    Command("checkpoint", "consolidate a sharded checkpoint (saved under FSDP) into single files", "checkpoint"),
     Command("plot", "draw runs' training curves side by side", "plot"),
 ]
 

@@ -100,12 +100,20 @@ RUN_SHORTCUTS = {"time_budget": "train.time_budget", "max_steps": "train.max_ste
                  "batch_size": "train.batch_size", "seq_len": "train.seq_len", "device": "train.device"}
 
 
+def _auto(value: str) -> str:
+    if value != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {value!r}")
+    return value
+
+
 def add_run_args(p: argparse.ArgumentParser, shortcuts: dict[str, str], *, help: dict[str, str] | None = None) -> None:
     """The flags every training command (train, sft) shares: --resume, --overwrite, one short flag
     per ``shortcuts`` entry (``--max-steps`` for ``train.max_steps``: type and help from that field,
     or from ``help``), --json, then the config flags of ``add_config_args``."""
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly (its own config and "
-                                                          "limits, unless --max-steps / --time-budget are given)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=_auto, metavar="auto",
+                   help="continue the run in --out exactly from its newest complete checkpoint (its own config and "
+                        "limits, unless --max-steps / --time-budget are given); `--resume auto` starts afresh where "
+                        "there is none yet (for torchrun --max-restarts)")
     p.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out")
     fields, hints = {f.name: f for f in dataclasses.fields(TrainConfig)}, typing.get_type_hints(TrainConfig)
     for flag, key in shortcuts.items():

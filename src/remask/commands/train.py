@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from remask.checkpoint import read_config
+from remask.checkpoint import has_checkpoint, read_config
 from remask.commands.flags import RUN_SHORTCUTS, add_run_args, emit, resolve_config
 from remask.config import RunConfig
 from remask.errors import RemaskError
@@ -27,9 +27,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run_config(args: argparse.Namespace, shortcuts: dict[str, str]) -> RunConfig:
     """The command line's config. A resumed run starts from its own saved config, so it keeps its
     max_steps and time budget unless --max-steps / --time-budget (or a --train.* flag) change them."""
+    if args.resume == "auto":
+        args.resume = has_checkpoint(args.out)
     if not args.resume:
         return resolve_config(args, shortcuts)
-    if not (args.out / "checkpoint").exists():
+    if not has_checkpoint(args.out):
         missing = "" if args.out.exists() else " (the directory does not exist)"
         raise RemaskError(f"--resume: '{args.out}' holds no checkpoint{missing}; drop --resume to start a new run")
     saved = read_config(args.out)

@@ -195,6 +195,13 @@ def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return x
 
 
+def broadcast_from_main(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Rank 0's ``x`` on every rank: a decision taken from a clock the ranks do not share."""
+    if info.enabled:
+        dist.broadcast(x, src=0)
+    return x
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from remask.checkpoint import Checkpoint, guard_run_dir, load_checkpoint, save_checkpoint
+from remask.checkpoint import Checkpoint, guard_run_dir, load_checkpoint
 from remask.config import RunConfig
 from remask.data.batch import Batch
 from remask.data.tokenizer import load_tokenizer
@@ -42,15 +42,16 @@ from remask.objectives import OBJECTIVES
 from remask.rng import NOISE, STEP, keyed_generator, keyed_uniform
 from remask.sampling.config import SampleConfig
 from remask.sampling.decode import decode
-from remask.train import distributed
+from remask.train import distributed, keep, sharded
 from remask.train.batches import BatchSource, TokenWindows
+from remask.train.keep import SaveClock
 from remask.train.optim import build_optimizer, lr_at
 from remask.train.rundir import find_data_dir, record_data_dir, truncate_metrics
 
 EVAL_SEED = 20250214  # validation noise never changes, so val numbers compare across runs
 # TrainConfig fields a resumed run takes from the command line rather than from its checkpoint.
 RESUME_MAY_CHANGE = ("max_steps", "time_budget", "progress", "parallel", "activation_checkpointing", "compile",
-                     "nan_patience", "nan_lr_factor")
+                     "nan_patience", "nan_lr_factor", "keep", "ckpt_minutes", "sharded_ckpt")
 MAX_RELOADS = 8  # NaN-guard reloads per run before giving up: by then the LR is 1/256 (factor 0.5) of the plan
 
 
@@ -229,6 +230,7 @@ class _Run:
     val_batches: list[tuple[Batch, np.ndarray]]
     data_dir: str | None  # as train_state.json records it (see rundir.record_data_dir)
     saved_step: int | None = None  # step of the checkpoint this run last wrote or resumed from
+    clock: SaveClock = field(default_factory=SaveClock)
 
     @property
     def metrics_path(self) -> Path:
@@ -245,15 +247,11 @@ class _Run:
         return loss
 
     def checkpoint(self, s: LoopState) -> Path:
-        """Save the full, single-process state (gathered onto rank 0 under FSDP) into RUN/checkpoint."""
-        ck = self.out_dir / "checkpoint"
-        full = distributed.gathered(self.model, self.optimizer, self.info)  # every process takes part
-        if full is not None and self.info.is_main:
-            save_checkpoint(ck, full[0], self.cfg, self.tok, optimizer=full[1], train_state={
-                **s.train_state(), "data_dir": self.data_dir, "objective": self.cfg.train.objective,
-                "world_size": self.info.world_size})
-        distributed.barrier(self.info)
+        """Save the run's state now, where ``train.keep`` says (``keep.save``)."""
+        ck = keep.save(self, s.step, {**s.train_state(), "data_dir": self.data_dir, "objective": self.cfg.train.objective,
+                                      "world_size": self.info.world_size})
         self.saved_step = s.step
+        self.clock.reset()
         return ck
 
 
@@ -273,8 +271,8 @@ def _make_run(cfg: RunConfig, model: Transformer, tok: Any, out_dir: Path, info:
     ddp_model = distributed.parallelize(model, info, compile=t.compile, checkpoint_blocks=t.activation_checkpointing,
                                         param_dtype=autocast_dtype(t.dtype, info.device))
     optimizer = build_optimizer(model, t)
-    if ck is not None and ck.optimizer_state is not None:
-        distributed.load_full_state(model, optimizer, None, ck.optimizer_state, info)
+    if ck is not None:
+        sharded.restore(model, optimizer, ck, info, weights=False)
     val_batches = source.val_batches(t.micro_batch_size, t.eval_batches)
     return _Run(cfg, info, out_dir, model, ddp_model, optimizer, tok, source, val_batches,
                 record_data_dir(data_dir, out_dir), saved_step=None if ck is None else int(ck.train_state.get("step", 0)))
@@ -429,8 +427,8 @@ def _skip(run: _Run, s: LoopState, st: _Step) -> bool:
     if s.reloads >= MAX_RELOADS:
         raise RemaskError(f"{st.skipped} again after {s.reloads} reloads of the last checkpoint (learning rate now "
                           f"x{s.lr_scale:g}); check the data, or lower --train.lr and resume")
-    ck = load_checkpoint(run.out_dir / "checkpoint", run.info.device, with_optimizer=True)
-    distributed.load_full_state(run.model, run.optimizer, ck.model.state_dict(), ck.optimizer_state, run.info)
+    ck = load_checkpoint(run.out_dir, run.info.device, with_optimizer=True)  # the newest complete one
+    sharded.restore(run.model, run.optimizer, ck, run.info, weights=True)
     back = LoopState.from_train_state(ck.train_state)
     failed_at = s.step
     s.step, s.tokens_seen, s.nan_streak = back.step, back.tokens_seen, 0  # elapsed time is not given back
@@ -450,7 +448,7 @@ def _evaluate_and_checkpoint(run: _Run, s: LoopState, meter: _Throughput) -> Non
     if t.eval_interval and s.step % t.eval_interval == 0 and s.step < t.max_steps:
         s.last_val = run.validate(s)
         meter.t0 = time.perf_counter()  # do not charge evaluation to throughput
-    if t.ckpt_interval and s.step % t.ckpt_interval == 0 and s.step < t.max_steps:
+    if s.step < t.max_steps and run.clock.due(s.step, t, run.info):
         run.checkpoint(s)
         meter.t0 = time.perf_counter()
 

@@ -1,6 +1,8 @@
 """What a run directory holds besides its checkpoint: where its data lies, and its metrics log.
 
-    RUN/checkpoint/    the latest checkpoint (``remask.checkpoint``)
+    RUN/checkpoint/    the latest checkpoint (``remask.checkpoint``), or with ``--train.keep K``:
+    RUN/checkpoints/   the newest K, step-000500/ ... (``remask.train.keep``)
+    RUN/latest         the name of the newest complete one among them
     RUN/data/          the prepared corpus when raw text was given (recorded relative to RUN)
     RUN/metrics.jsonl  one JSON record per logged step, validation, skipped step or reload
 """
