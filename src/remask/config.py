@@ -95,6 +95,8 @@ class TrainConfig:
     mask_eps: float = option("LLaDA eps: masking probability p = (1 - eps) t + eps", 1e-3)
     random_length_prob: float = option("fraction of batches cut to a random length in 1..seq_len", 0.01)
     eval_interval: int = option("validate every this many steps (0: only at the end)", 200)
+    early_stop_patience: int = option(
+        "stop after this many validations in a row without a new best, keeping the best in RUN/best (0: off)", 0)
     eval_batches: int = option("validation batches (fixed windows and fixed noise)", 8)
     eval_mc: int = option("mask draws per validation window for the ELBO", 2)
     log_interval: int = option("append metrics every this many steps", 10)
@@ -132,6 +134,7 @@ class TrainConfig:
         check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
         check(self.warmup_steps >= 0 and self.eval_interval >= 0 and self.ckpt_interval >= 0,
               "train.warmup_steps, train.eval_interval and train.ckpt_interval must be >= 0")
+        check(self.early_stop_patience >= 0, f"train.early_stop_patience must be >= 0, got {self.early_stop_patience}")
         check(self.keep >= 1, f"train.keep must be >= 1, got {self.keep}")
         check(self.ckpt_minutes is None or self.ckpt_minutes > 0, "train.ckpt_minutes must be positive minutes")
         check(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")

@@ -42,6 +42,7 @@ from remask.objectives import OBJECTIVES
 from remask.rng import NOISE, STEP, keyed_generator, keyed_uniform
 from remask.sampling.config import SampleConfig
 from remask.sampling.decode import decode
+from remask.train import best as best_mod
 from remask.train import distributed, keep, sharded
 from remask.train.batches import BatchSource, TokenWindows
 from remask.train.keep import SaveClock
@@ -51,7 +52,8 @@ from remask.train.rundir import find_data_dir, record_data_dir, truncate_metrics
 EVAL_SEED = 20250214  # validation noise never changes, so val numbers compare across runs
 # TrainConfig fields a resumed run takes from the command line rather than from its checkpoint.
 RESUME_MAY_CHANGE = ("max_steps", "time_budget", "progress", "parallel", "activation_checkpointing", "compile",
-                     "nan_patience", "nan_lr_factor", "keep", "ckpt_minutes", "sharded_ckpt")
+                     "nan_patience", "nan_lr_factor", "keep", "ckpt_minutes", "sharded_ckpt",
+                     "early_stop_patience")
 MAX_RELOADS = 8  # NaN-guard reloads per run before giving up: by then the LR is 1/256 (factor 0.5) of the plan
 
 
@@ -179,17 +181,18 @@ class LoopState:
     lr_scale: float = 1.0  # the NaN guard's cut to the scheduled learning rate (nan_lr_factor per reload)
     nan_streak: int = 0  # steps skipped in a row for a non-finite loss or gradient norm
     reloads: int = 0  # times the NaN guard went back to the last checkpoint
+    best: best_mod.Best = field(default_factory=best_mod.Best)  # early stopping: best validation, patience count
 
     @classmethod
     def from_train_state(cls, saved: dict[str, Any]) -> LoopState:
         return cls(step=int(saved.get("step", 0)), elapsed=float(saved.get("elapsed", 0.0)),
                    tokens_seen=int(saved.get("tokens_seen", 0)), last_val=float(saved.get("val_loss", math.nan)),
                    lr_scale=float(saved.get("lr_scale", 1.0)), nan_streak=int(saved.get("nan_streak", 0)),
-                   reloads=int(saved.get("reloads", 0)))
+                   reloads=int(saved.get("reloads", 0)), best=best_mod.Best.from_train_state(saved))
 
     def train_state(self) -> dict[str, Any]:
         return {"step": self.step, "elapsed": self.elapsed, "tokens_seen": self.tokens_seen, "val_loss": self.last_val,
-                "lr_scale": self.lr_scale, "nan_streak": self.nan_streak, "reloads": self.reloads}
+                "lr_scale": self.lr_scale, "nan_streak": self.nan_streak, "reloads": self.reloads, **self.best.train_state()}
 
 
 @dataclass
@@ -306,7 +309,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
 
     meter, interrupted = _Throughput(), False
     try:
-        while s.step < t.max_steps and (t.time_budget is None or s.elapsed < t.time_budget):
+        while (s.step < t.max_steps and (t.time_budget is None or s.elapsed < t.time_budget)
+               and not s.best.exhausted(t.early_stop_patience)):
             st = _optimizer_step(run, s, meter)
             loss_val = math.nan
             if st.skipped is not None:
@@ -334,6 +338,7 @@ def _announce(run: _Run, s: LoopState) -> None:
     if not info.is_main:
         return
     truncate_metrics(run.metrics_path, s.step)
+    best_mod.drop_stale(run.out_dir, s.best)
     if t.time_budget is not None and s.elapsed >= t.time_budget and s.step < t.max_steps:
         warnings.warn(f"the run's time budget of {t.time_budget:g} s is spent ({s.elapsed:.0f} s trained), so no "
                       "step is taken; raise it with --time-budget SECONDS or lift it with --time-budget none",
@@ -447,6 +452,7 @@ def _evaluate_and_checkpoint(run: _Run, s: LoopState, meter: _Throughput) -> Non
     t = run.cfg.train
     if t.eval_interval and s.step % t.eval_interval == 0 and s.step < t.max_steps:
         s.last_val = run.validate(s)
+        best_mod.observe(run, s)
         meter.t0 = time.perf_counter()  # do not charge evaluation to throughput
     if s.step < t.max_steps and run.clock.due(s.step, t, run.info):
         run.checkpoint(s)
@@ -455,8 +461,9 @@ def _evaluate_and_checkpoint(run: _Run, s: LoopState, meter: _Throughput) -> Non
 
 def _finish(run: _Run, s: LoopState, *, start: int, interrupted: bool, tok_s: float) -> TrainResult:
     """Final validation (not for a run interrupted before its first step), checkpoint and samples."""
-    if not interrupted or s.step > start:
+    if (not interrupted or s.step > start) and s.best.seen_step != s.step:  # early stop: validated just now
         s.last_val = run.validate(s)
+        best_mod.observe(run, s)
     ck = run.checkpoint(s)
     # A fresh run reports its average throughput; a resumed one, that of its last logged window.
     tok_s = s.tokens_seen / s.elapsed if s.elapsed > 0 and start == 0 else tok_s
