@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -236,3 +237,27 @@ def steady_rate(metrics: Path, steps: int, elapsed: float) -> float:
     if len(recs) < 2:
         return steps / max(elapsed, 1e-3)
     return (recs[-1]["step"] - recs[0]["step"]) / max(recs[-1]["elapsed"] - recs[0]["elapsed"], 1e-3)
+
+
+# ----------------------------------------------------------------------------- validation with its error
+
+def val_standard_error(model: torch.nn.Module, data_dir: Path, cfg: Any) -> tuple[float, float]:
+    """The training loop's validation loss recomputed per window (same windows, same fixed noise as
+    ``remask.train.loop``) -> (mean, standard error over windows)."""
+    from remask.objectives import OBJECTIVES
+    from remask.rng import keyed_uniform
+    from remask.train.batches import TokenWindows
+    from remask.train.loop import EVAL_SEED
+
+    t = cfg.train
+    model.eval()
+    draws = 1 if t.objective == "ar" else t.eval_mc
+    per_window = []
+    for batch, idx in TokenWindows(data_dir, t.seq_len, t.seed).val_batches(t.micro_batch_size, t.eval_batches):
+        contrib = torch.stack([
+            OBJECTIVES[t.objective](model, batch, keyed_uniform(EVAL_SEED, d, idx, 1 + batch.tokens.shape[1]),
+                                    mask_id=cfg.model.mask_token_id, eps=t.mask_eps).double()
+            for d in range(draws)])  # (draws, b)
+        per_window.append(contrib.mean(0))
+    x = torch.cat(per_window)  # (windows,)
+    return x.mean().item(), (x.std() / math.sqrt(len(x))).item()

@@ -46,6 +46,7 @@ from common import (
     publish,
     run_workers,
     table,
+    val_standard_error,
     work_dir,
     write_atomic,
 )
@@ -104,27 +105,6 @@ def write_corpus(args: argparse.Namespace, name: str, out: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- worker
 
 @torch.no_grad()
-def val_with_se(model: torch.nn.Module, data_dir: Path, cfg: RunConfig) -> tuple[float, float]:
-    """The loop's validation loss (same windows, same fixed noise) per window -> (mean, standard error)."""
-    from remask.objectives import OBJECTIVES
-    from remask.rng import keyed_uniform
-    from remask.train.batches import TokenWindows
-    from remask.train.loop import EVAL_SEED
-
-    t = cfg.train
-    model.eval()
-    draws = 1 if t.objective == "ar" else t.eval_mc
-    per_window = []
-    for batch, idx in TokenWindows(data_dir, t.seq_len, t.seed).val_batches(t.micro_batch_size, t.eval_batches):
-        contrib = torch.stack([
-            OBJECTIVES[t.objective](model, batch, keyed_uniform(EVAL_SEED, d, idx, 1 + batch.tokens.shape[1]),
-                                    mask_id=cfg.model.mask_token_id, eps=t.mask_eps).double()
-            for d in range(draws)])  # (draws, b)
-        per_window.append(contrib.mean(0))
-    x = torch.cat(per_window)  # (windows,)
-    return x.mean().item(), (x.std() / math.sqrt(len(x))).item()
-
-
 def worker(args: argparse.Namespace) -> None:
     """One objective on one corpus: train under the budget with early stopping, then score RUN/best."""
     from remask.checkpoint import load_checkpoint
@@ -139,7 +119,7 @@ def worker(args: argparse.Namespace) -> None:
     barrier(work, "train", obj)
     res = train(cfg, out / "run", data=data_dir, overwrite=True)
     best = load_checkpoint(out / "run" / "best")
-    mean, se = val_with_se(best.model, data_dir, cfg)
+    mean, se = val_standard_error(best.model, data_dir, cfg)
     per_epoch = cfg.train.batch_size * cfg.train.seq_len / train_tokens  # epochs per optimizer step
     vals = [r for r in map(json.loads, (out / "run" / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
     record: dict[str, Any] = {

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -54,6 +53,7 @@ from common import (
     run_workers,
     steady_rate,
     table,
+    val_standard_error,
     work_dir,
 )
 from remask.config import ModelConfig, RunConfig, TrainConfig
@@ -90,26 +90,6 @@ def run_config(args: argparse.Namespace, objective: str, max_steps: int, budget:
 
 
 @torch.no_grad()
-def val_standard_error(model: torch.nn.Module, data_dir: Path, cfg: RunConfig) -> tuple[float, float]:
-    """Recompute the loop's final validation loss per window (same windows, same noise) -> (mean, SE)."""
-    from remask.objectives import OBJECTIVES as LOSSES
-    from remask.rng import keyed_uniform
-    from remask.train.batches import TokenWindows
-    from remask.train.loop import EVAL_SEED
-
-    t = cfg.train
-    draws = 1 if t.objective == "ar" else t.eval_mc
-    per_window = []
-    for batch, idx in TokenWindows(data_dir, t.seq_len, t.seed).val_batches(t.micro_batch_size, t.eval_batches):
-        contrib = torch.stack([
-            LOSSES[t.objective](model, batch, keyed_uniform(EVAL_SEED, d, idx, 1 + batch.tokens.shape[1]),
-                                mask_id=cfg.model.mask_token_id, eps=t.mask_eps).double()
-            for d in range(draws)])  # (draws, b)
-        per_window.append(contrib.mean(0))
-    x = torch.cat(per_window)
-    return x.mean().item(), (x.std() / math.sqrt(len(x))).item()
-
-
 def prompted_sample(model: torch.nn.Module, tok: Any, objective: str, gen: int) -> str:
     """One sample continuing PROMPT at temperature 0.8 (MDM: one token per step, 4 blocks)."""
     prompt = tok.encode(PROMPT)
