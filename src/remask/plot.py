@@ -10,8 +10,6 @@ steps, training tokens and wall-clock (columns), one colour per run. Needs matpl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from remask.errors import RemaskError
-from remask.fileio import default_mode
+from remask.fileio import atomic_path
 
 ROWS = (("loss", "training loss (nats/token)"), ("val_loss", "validation (nats/token; MDM: ELBO)"),
         ("val_bpb", "validation (bits/byte)"))
@@ -96,13 +94,9 @@ def _save(fig: object, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix or ".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)  # type: ignore[attr-defined]
-        os.chmod(tmp, default_mode())  # mkstemp creates 0600; a figure is meant to be shared
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")  # type: ignore[attr-defined]
     finally:
         plt.close(fig)  # type: ignore[arg-type]
-        Path(tmp).unlink(missing_ok=True)
     return out
