@@ -39,6 +39,7 @@ from common import (
     SHAKESPEARE,
     add_data_arg,
     add_model_args,
+    add_set_arg,
     add_worker_args,
     barrier,
     dataset,
@@ -47,6 +48,7 @@ from common import (
     run_workers,
     table,
     val_standard_error,
+    with_overrides,
     work_dir,
     write_atomic,
 )
@@ -73,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--corpus", choices=list(CORPORA), help=argparse.SUPPRESS)  # the worker's corpus
+    add_set_arg(ap)
     add_worker_args(ap, "data_constrained")
     return ap.parse_args(argv)
 
@@ -85,7 +88,7 @@ def run_config(args: argparse.Namespace, objective: str) -> RunConfig:
                         warmup_steps=args.warmup_steps, eval_interval=args.eval_interval,
                         eval_batches=args.eval_batches, eval_mc=args.eval_mc, early_stop_patience=args.patience,
                         ckpt_interval=0, log_interval=25, progress=False, samples=0, device="cpu", dtype="float32")
-    return RunConfig(model=model, train=train)
+    return with_overrides(RunConfig(model=model, train=train), args.overrides)
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -224,6 +227,8 @@ validations (every {args.eval_interval} steps).
 validation loss of the whole run ("not within budget": never within these {args.minutes:g} minutes).
 
 ![validation vs epochs]({figure.name})
+
+Recipe overrides (`--set`, every model): {", ".join(args.overrides) or "none"}.
 
 {provenance(total_s)}"""
 

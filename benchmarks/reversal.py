@@ -35,7 +35,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import add_model_args, add_worker_args, barrier, provenance, publish, run_workers, table, work_dir
+from common import (
+    add_model_args,
+    add_set_arg,
+    add_worker_args,
+    barrier,
+    provenance,
+    publish,
+    run_workers,
+    table,
+    with_overrides,
+    work_dir,
+)
 from remask.config import ModelConfig, RunConfig, TrainConfig
 from remask.objectives import Batch
 from remask.rng import DATA, keyed_generator
@@ -56,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_args(ap, d_model=96, n_layer=3, n_head=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="train each model for this many minutes instead of --steps (equal wall-clock; the LR "
+                         "schedule follows the budget)")
+    add_set_arg(ap)
     add_worker_args(ap, "reversal")
     return ap.parse_args(argv)
 
@@ -175,13 +190,16 @@ def worker(args: argparse.Namespace) -> None:
     seq_len = -(-(max(len(t) for t in texts) + 2) // 8) * 8
     model_cfg = ModelConfig(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, max_seq_len=seq_len,
                             causal=kind == "ar")
+    budget = None if args.minutes is None else args.minutes * 60.0
     train_cfg = TrainConfig(objective=kind, seed=args.seed, batch_size=args.batch_size, seq_len=seq_len,
-                            max_steps=args.steps, lr=args.lr, warmup_steps=50, eval_interval=0, eval_batches=1,
-                            eval_mc=2, ckpt_interval=0, log_interval=50, progress=False, samples=0, device="cpu",
-                            dtype="float32")
+                            max_steps=args.steps if budget is None else 10**6, time_budget=budget,
+                            lr_clock="steps" if budget is None else "time", lr=args.lr, warmup_steps=50,
+                            eval_interval=0, eval_batches=1, eval_mc=2, ckpt_interval=0, log_interval=50,
+                            progress=False, samples=0, device="cpu", dtype="float32")
+    cfg = with_overrides(RunConfig(model=model_cfg, train=train_cfg), args.overrides)
     barrier(work, "start", kind)  # both start together, so both see the same machine load
     t0 = time.perf_counter()
-    res = train(RunConfig(model=model_cfg, train=train_cfg), work / kind, tokenizer=tok,
+    res = train(cfg, work / kind, tokenizer=tok,
                 source=Facts(encode_rows(tok, texts, seq_len), args.seed))
     wall = time.perf_counter() - t0
     model, tok = load_model(res.checkpoint)
@@ -233,8 +251,8 @@ def report(args: argparse.Namespace, res: dict[str, dict[str, Any]], people: lis
 
 Both models: the same Transformer ({mdm['params']:,} parameters, {args.n_layer} layers, width {args.d_model}),
 byte tokenizer, sequences of {mdm['seq_len']} tokens ([EOS] sentence [EOS padding]), batch {args.batch_size},
-{args.steps} steps (equal compute), peak LR {args.lr}, cosine schedule, seed {args.seed}; trained at the same
-time in two processes with one thread each. Greedy decoding, exact match, the answer length given to both
+{budget_text(args, mdm, ar)}, peak LR {args.lr}, cosine schedule, seed {args.seed}, recipe overrides (`--set`):
+{", ".join(args.overrides) or "none"}; trained at the same time in two processes with one thread each. Greedy decoding, exact match, the answer length given to both
 models. "final train-set loss" is the loop's last evaluation on the training sentences (MDM: ELBO bound,
 AR: exact NLL, nats per token, not comparable across the two). The last column divides the best reverse
 generation (MDM: fill; AR: prompt) by the forward accuracy of the same model.
@@ -244,6 +262,12 @@ Examples (first three people): MDM forward {mdm['examples']['forward']}, reverse
 {ar['examples']['forward']}, reverse prompt {ar['examples']['reverse_prompt']}.
 
 {provenance(total_s)}"""
+
+
+def budget_text(args: argparse.Namespace, mdm: dict[str, Any], ar: dict[str, Any]) -> str:
+    if args.minutes is None:
+        return f"{args.steps} steps (equal compute)"
+    return f"{args.minutes:g} minutes of training each (equal wall-clock: MDM {mdm['steps']}, AR {ar['steps']} steps)"
 
 
 def main() -> None:

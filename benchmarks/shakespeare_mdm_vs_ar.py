@@ -43,6 +43,7 @@ from common import (
     SHAKESPEARE,
     add_data_arg,
     add_model_args,
+    add_set_arg,
     add_worker_args,
     barrier,
     command_line,
@@ -54,6 +55,7 @@ from common import (
     steady_rate,
     table,
     val_standard_error,
+    with_overrides,
     work_dir,
 )
 from remask.config import ModelConfig, RunConfig, TrainConfig
@@ -75,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-batches", type=int, default=32, help="final validation batches (of --batch-size windows)")
     ap.add_argument("--eval-mc", type=int, default=4, help="mask draws per window for the MDM's ELBO")
     ap.add_argument("--seed", type=int, default=1337)
+    add_set_arg(ap)
     add_worker_args(ap, "shakespeare_mdm_vs_ar")
     return ap.parse_args(argv)
 
@@ -86,7 +89,7 @@ def run_config(args: argparse.Namespace, objective: str, max_steps: int, budget:
                         max_steps=max_steps, time_budget=budget, lr=args.lr, warmup_steps=args.warmup_steps,
                         eval_interval=0, eval_batches=args.eval_batches, eval_mc=args.eval_mc, ckpt_interval=0,
                         log_interval=25, progress=False, samples=3, device="cpu", dtype="float32")
-    return RunConfig(model=model, train=train)
+    return with_overrides(RunConfig(model=model, train=train), args.overrides)
 
 
 @torch.no_grad()
@@ -189,6 +192,7 @@ processes ({args.threads} thread each). {label}.
   {args.warmup_steps} warmup steps then cosine to 0.1x over max_steps (sized per model from a
   {args.calibrate_seconds:g}s calibration run: mdm {mdm["max_steps"]}, ar {ar["max_steps"]}); budget
   {args.minutes:g} min of training each (`TrainConfig.time_budget`; evaluation not counted).
+- recipe overrides (`--set`, both models): {", ".join(args.overrides) or "none"}
 - data: `remask prepare` with the byte tokenizer, last 10% held out ({val["tokens"]:,} validation tokens);
   validation on {args.eval_batches * args.batch_size} fixed windows of {args.seq_len}; the MDM's loss
   is LLaDA's ELBO bound (eq. 3) with {args.eval_mc} fixed mask draws per window, the AR's is the exact

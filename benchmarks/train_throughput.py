@@ -99,12 +99,16 @@ def run_remask(cfg: RunConfig, data_dir: Path, work: Path, warmup: int, steps: i
 
 
 def run_plain(model_cfg: ModelConfig, t: TrainConfig, data: torch.Tensor, warmup: int, steps: int) -> list[float]:
-    """B: the plain-PyTorch reference loop. Returns the seconds of each LOG_INTERVAL-step window
-    after ``warmup``."""
+    """B: the plain-PyTorch reference loop, in ``t.dtype`` (autocast) and compiled per block where ``t``
+    says so. Returns the seconds of each LOG_INTERVAL-step window after ``warmup``."""
     torch.manual_seed(t.seed)
     model = Transformer(model_cfg)
     model.init_weights()
     model.train()
+    if t.compile:
+        for block in model.blocks:
+            block.forward = torch.compile(block.forward)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
     B, L, eps, mask_id = t.batch_size, t.seq_len, t.mask_eps, model_cfg.mask_token_id
     gen = torch.Generator().manual_seed(t.seed)
@@ -115,8 +119,9 @@ def run_plain(model_cfg: ModelConfig, t: TrainConfig, data: torch.Tensor, warmup
         p = (1 - eps) * torch.rand(B, generator=gen) + eps  # (B,) LLaDA eq. 1
         masked = torch.rand(B, L, generator=gen) < p[:, None]  # (B, L)
         xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
-        logits = model(xt)  # (B, L, V)
-        ce = F.cross_entropy(logits[masked], x0[masked], reduction="none")  # (n_masked,)
+        with amp:
+            logits = model(xt)  # (B, L, V)
+        ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")  # (n_masked,)
         loss = (ce / p[:, None].expand(B, L)[masked]).sum() / (B * L)  # LLaDA eq. 3
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -136,6 +141,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="A, B pairs per thread count")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of each segment")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per segment")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="both loops: plain float32, or bf16 autocast over float32 weights")
+    ap.add_argument("--compile", action="store_true", help="both loops: torch.compile of each block")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR / "train_throughput.md",
                     help="Markdown results file to write ('-': do not write)")
     args = ap.parse_args()
@@ -152,7 +160,7 @@ def main() -> None:
         t = replace(base.train, max_steps=args.warmup + args.steps, time_budget=None, log_interval=LOG_INTERVAL,
                     eval_interval=0, ckpt_interval=0, eval_batches=1, samples=0, progress=False,
                     random_length_prob=0.0,  # the plain loop has no random-length cut: keep batches identical
-                    device="cpu", dtype="float32")
+                    device="cpu", dtype=args.dtype, compile=args.compile)
         cfg = RunConfig(model=model_cfg, train=t)
         tokens = TokenData(data_dir, "train")
         data = torch.cat([torch.from_numpy(s.astype("int64")) for s in tokens.shards])
@@ -191,7 +199,7 @@ def main() -> None:
     round_table = table(["threads", "round", "remask tok/s", "plain tok/s", "ratio"], rounds)
     setup = (f"model: preset_small (d_model {model_cfg.d_model}, {model_cfg.n_layer} layers, {model_cfg.n_head} heads, "
              f"vocab {model_cfg.vocab_size}, {n_params:,} parameters); batch {t.batch_size} x seq_len {t.seq_len} "
-             f"= {t.batch_size * t.seq_len} tokens/step; fp32; {args.rounds} rounds x ({args.warmup} warmup + "
+             f"= {t.batch_size * t.seq_len} tokens/step; {args.dtype}{', compiled per block' if args.compile else ''}; {args.rounds} rounds x ({args.warmup} warmup + "
              f"{args.steps} timed steps) per loop and thread count; model FLOPs/token = 6 N + 12 n_layer L d "
              f"= {flops_tok / 1e6:.2f} MFLOP; load average (1 min) {load0[0]:.2f} at start, {load[0]:.2f} at end")
     # Other work: load already there at the start, or more at the end than our own threads explain.

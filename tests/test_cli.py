@@ -117,3 +117,15 @@ def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "remask", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("prepare", "tokenizer", "train", "generate", "infill"):
         assert cmd in out.stdout
+
+
+def test_train_init_from_continues_an_ar_checkpoint_as_a_diffusion_model(tmp_path, text_corpus, capsys):
+    ar = tmp_path / "ar"
+    run_json(capsys, ["train", "--data", str(text_corpus), "--out", str(ar), "--objective", "ar", *TINY])
+    mdm = tmp_path / "mdm"
+    res = run_json(capsys, ["train", "--data", str(text_corpus), "--out", str(mdm), "--init-from", str(ar), *TINY])
+    assert res["step"] == 3
+    cfg = json.loads((mdm / "checkpoint" / "config.json").read_text())
+    assert cfg["model"]["causal"] is False and cfg["train"]["objective"] == "mdm"
+    assert main(["train", "--out", str(mdm), "--resume", "--init-from", str(ar), *TINY]) == 2
+    assert "--init-from" in capsys.readouterr().err

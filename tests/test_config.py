@@ -34,3 +34,16 @@ def test_round_trip_through_dict_and_presets_are_valid():
     assert apply_overrides(RunConfig(), {"train.batch_size": "4"}).train.micro_batch_size == 4
     cfg = apply_overrides(RunConfig(), {"train.batch_size": "32", "train.micro_batch_size": "8"})
     assert apply_overrides(cfg, {"train.batch_size": "64"}).train.micro_batch_size == 8
+
+
+def test_derived_fields_follow_their_source_unless_set():
+    """A preset's n_kv_head (= n_head) and ffn_hidden (from d_model) were materialised on construction;
+    overriding n_head or d_model must carry them along, and an explicit value must still win."""
+    small = PRESETS["small"]()
+    wide = apply_overrides(small, {"model.d_model": "384", "model.n_head": "8"})
+    assert (wide.model.n_kv_head, wide.model.ffn_hidden) == (8, 1024)
+    gqa = apply_overrides(small, {"model.n_kv_head": "2"})
+    assert (gqa.model.n_head, gqa.model.n_kv_head, gqa.model.ffn_hidden) == (6, 2, small.model.ffn_hidden)
+    fixed = apply_overrides(apply_overrides(small, {"model.ffn_hidden": "100"}), {"model.d_model": "384"})
+    assert fixed.model.ffn_hidden == 100
+    assert apply_overrides(small, {"train.batch_size": "32"}).train.micro_batch_size == 32

@@ -31,6 +31,11 @@ def check(ok: bool, message: str) -> None:
         raise RemaskError(message)
 
 
+def default_ffn_hidden(d_model: int) -> int:
+    """SwiGLU's hidden width: about 8/3 d_model (LLaMA), rounded up to a multiple of 64."""
+    return 64 * -(-int(8 * d_model / 3) // 64)
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     """A LLaMA-style Transformer; ``causal=False`` is LLaDA's mask predictor."""
@@ -54,7 +59,7 @@ class ModelConfig:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.ffn_hidden is None:
-            self.ffn_hidden = 64 * -(-int(8 * self.d_model / 3) // 64)
+            self.ffn_hidden = default_ffn_hidden(self.d_model)
         check(self.d_model % self.n_head == 0, f"model.d_model={self.d_model} must be divisible by model.n_head={self.n_head}")
         check((self.d_model // self.n_head) % 2 == 0, "model.d_model / model.n_head must be even for rotary embeddings")
         check(self.n_head % self.n_kv_head == 0, f"model.n_head={self.n_head} must be a multiple of model.n_kv_head={self.n_kv_head}")
@@ -92,7 +97,15 @@ class TrainConfig:
     beta1: float = option("AdamW beta1", 0.9)
     beta2: float = option("AdamW beta2", 0.95)
     grad_clip: float = option("clip the global gradient norm to this (0: off)", 1.0)
-    mask_eps: float = option("LLaDA eps: masking probability p = (1 - eps) t + eps", 1e-3)
+    mask_eps: float = option("LLaDA eps: masking probability p = (1 - eps) t + eps (validation always uses 1e-3)",
+                             1e-3)
+    t_sampling: Literal["iid", "stratified", "antithetic"] = option(
+        "how t is drawn across the global batch: iid (LLaDA), stratified (one per 1/B stratum, MDLM's "
+        "low-discrepancy sampler) or antithetic (pairs t, 1 - t); same expected loss, lower variance",
+        "iid")
+    loss_weight: Literal["elbo", "flat"] = option(
+        "weight of a masked token's cross-entropy: elbo (1/p, LLaDA eq. 3, an upper bound on the NLL) or flat "
+        "(1: not a bound; validation still reports the ELBO)", "elbo")
     random_length_prob: float = option("fraction of batches cut to a random length in 1..seq_len", 0.01)
     eval_interval: int = option("validate every this many steps (0: only at the end)", 200)
     early_stop_patience: int = option(
@@ -106,7 +119,9 @@ class TrainConfig:
                                 False)
     keep: int = option("checkpoints kept: 1 is RUN/checkpoint; K > 1 keeps RUN/checkpoints/step-* and RUN/latest", 1)
     device: str = option("cpu, cuda, cuda:N or auto (auto: CUDA when visible, else the CPU)", "auto")
-    dtype: Literal["auto", "float32", "bfloat16"] = option("autocast dtype (auto: bf16 on CUDA, fp32 on CPU)", "auto")
+    dtype: Literal["auto", "float32", "bfloat16"] = option(
+        "autocast dtype over float32 master weights (auto: bf16 on CUDA and on CPUs with native bf16 matmuls, "
+        "AMX or AVX512-BF16; float32 elsewhere)", "auto")
     compile: bool = option("torch.compile each block", False)
     parallel: Literal["ddp", "fsdp"] = option(
         "under torchrun: ddp (a full replica per process) or fsdp (FSDP2: parameters, gradients and optimizer "
@@ -140,6 +155,9 @@ class TrainConfig:
         check(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
         check(self.objective in ("mdm", "ar", "sft"), f"train.objective must be mdm, ar or sft, got {self.objective!r}")
         check(self.parallel in ("ddp", "fsdp"), f"train.parallel must be ddp or fsdp, got {self.parallel!r}")
+        check(self.t_sampling in ("iid", "stratified", "antithetic"),
+              f"train.t_sampling must be iid, stratified or antithetic, got {self.t_sampling!r}")
+        check(self.loss_weight in ("elbo", "flat"), f"train.loss_weight must be elbo or flat, got {self.loss_weight!r}")
         check(self.nan_patience >= 1, f"train.nan_patience must be >= 1, got {self.nan_patience}")
         check(0 < self.nan_lr_factor < 1, f"train.nan_lr_factor must be in (0, 1), got {self.nan_lr_factor}")
 
@@ -166,18 +184,24 @@ def preset_tiny() -> RunConfig:
     """A model that trains in seconds: for tests and smoke runs."""
     return RunConfig(
         model=ModelConfig(d_model=64, n_layer=2, n_head=4, max_seq_len=64),
+        # float32 on every machine: the same numbers on CPUs with and without native bf16
         train=TrainConfig(batch_size=8, seq_len=32, max_steps=20, warmup_steps=2, eval_interval=0,
-                          eval_batches=2, ckpt_interval=0, log_interval=5, samples=1),
+                          eval_batches=2, ckpt_interval=0, log_interval=5, samples=1, dtype="float32"),
     )
 
 
 def preset_small() -> RunConfig:
-    """The default run: 1.9M parameters, at most ~5 minutes on a 2-core CPU (LR follows the budget)."""
+    """The default run: 1.9M parameters, at most ~5 minutes on a 2-core CPU (LR follows the budget).
+
+    The recipe is benchmarks/recipe.py's (BENCHMARKS.md, "Training recipe"): bf16 autocast where the
+    CPU multiplies bf16 natively (``dtype`` auto) and compiled blocks, which together train 1.6x the
+    tokens per second, and stratified t. LLaDA's objective is unchanged.
+    """
     return RunConfig(
         model=ModelConfig(d_model=192, n_layer=4, n_head=6, max_seq_len=256),
-        train=TrainConfig(batch_size=16, seq_len=128, max_steps=1200, time_budget=270.0, lr_clock="time", lr=3e-3,
-                          warmup_steps=50,
-                          eval_interval=300, eval_batches=8, ckpt_interval=300),
+        train=TrainConfig(batch_size=16, seq_len=128, max_steps=2500, time_budget=270.0, lr_clock="time", lr=3e-3,
+                          warmup_steps=50, compile=True, t_sampling="stratified",
+                          eval_interval=500, eval_batches=8, ckpt_interval=500),
     )
 
 
@@ -230,8 +254,15 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return a new RunConfig with ``{"train.lr": "1e-3", ...}`` applied and re-validated."""
     d = cfg.to_dict()
-    if d["train"]["micro_batch_size"] == cfg.train.batch_size and "train.micro_batch_size" not in overrides:
-        d["train"]["micro_batch_size"] = None  # it followed batch_size; let it follow the new one
+    # Fields derived on construction (None: follow another field) keep following it unless set:
+    # preset_small's n_kv_head (= n_head) must not refuse --model.n_head 8, nor its ffn_hidden
+    # (from d_model) silently stay at d_model 192's width under --model.d_model 384.
+    derived = {"train.micro_batch_size": cfg.train.batch_size, "model.n_kv_head": cfg.model.n_head,
+               "model.ffn_hidden": default_ffn_hidden(cfg.model.d_model)}
+    for key, follows in derived.items():
+        section, _, name = key.partition(".")
+        if d[section][name] == follows and key not in overrides:
+            d[section][name] = None
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if section not in d or not name:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from remask.data.batch import Batch
+from remask.rng import TIME, keyed_generator
 
 
 def forward_process(x0: Tensor, noise: Tensor, *, mask_id: int, eps: float,
@@ -123,16 +125,45 @@ def supervised_nll(model: nn.Module, xt: Tensor, x0: Tensor, rows: Tensor, attn_
     return nll
 
 
-def mdm_loss(model: nn.Module, batch: Batch, noise: Tensor, *, mask_id: int, eps: float = 1e-3) -> Tensor:
+def stratify_t(noise: Tensor, slots: np.ndarray, batch_size: int, *, seed: int, step: int, kind: str) -> Tensor:
+    """Replace the t column of ``noise`` (B, 1 + L) by a low-discrepancy draw across the global batch.
+
+    slots: (B,) each row's place 0..batch_size-1 in the global batch. stratified: t_j = (u + j / B) mod 1
+    with one u ~ U(0, 1) per step (Kingma et al. 2021, sec. 4; MDLM's sampler): every stratum of
+    width 1/B holds one t. antithetic: pairs (t, 1 - t). Each t is still U(0, 1), so the expected loss
+    (and the bound) is unchanged; its variance across batches is lower. Keyed like all noise, so the
+    draw does not depend on how the batch is split. iid leaves ``noise`` as it is.
+    """
+    if kind == "iid":
+        return noise
+    if kind == "stratified":
+        u = keyed_generator(seed, step, 0, TIME).random()
+        t = (u + slots / batch_size) % 1.0
+    else:  # antithetic: slots 2k and 2k + 1 share u_k
+        u = np.array([keyed_generator(seed, step, int(j) // 2, TIME).random() for j in slots])
+        t = np.where(slots % 2 == 0, u, 1.0 - u)
+    noise = noise.clone()
+    noise[:, 0] = torch.as_tensor(t, dtype=noise.dtype, device=noise.device)
+    return noise
+
+
+def _weighted(nll: Tensor, p: Tensor, weight: str) -> Tensor:
+    """(B, L) masked-token CE -> (B, L) summands: CE / p (LLaDA eq. 3) or the flat CE."""
+    return nll / p[:, None] if weight == "elbo" else nll
+
+
+def mdm_loss(model: nn.Module, batch: Batch, noise: Tensor, *, mask_id: int, eps: float = 1e-3,
+             weight: str = "elbo") -> Tensor:
     """Pre-training: per-sample sum over masked tokens of CE / p, divided by L.  -> (B,)"""
     x0 = batch.tokens
     maskable = batch.attn_mask  # padding (if any) is never masked nor supervised
     xt, masked, p = forward_process(x0, noise, mask_id=mask_id, eps=eps, maskable=maskable)
     nll = supervised_nll(model, xt, x0, masked, batch.attn_mask)  # (B, L)
-    return (nll / p[:, None]).sum(1) / x0.shape[1]
+    return _weighted(nll, p, weight).sum(1) / x0.shape[1]
 
 
-def sft_loss(model: nn.Module, batch: Batch, noise: Tensor, *, mask_id: int, eps: float = 1e-3) -> Tensor:
+def sft_loss(model: nn.Module, batch: Batch, noise: Tensor, *, mask_id: int, eps: float = 1e-3,
+             weight: str = "elbo") -> Tensor:
     """LLaDA SFT: the prompt is never masked; the answer (EOS padding included) is masked and
     predicted; each sample's loss is normalised by its answer length.  -> (B,)"""
     assert batch.prompt_mask is not None, "SFT batches carry a prompt_mask"
@@ -142,7 +173,7 @@ def sft_loss(model: nn.Module, batch: Batch, noise: Tensor, *, mask_id: int, eps
     xt, masked, p = forward_process(batch.tokens, noise, mask_id=mask_id, eps=eps, maskable=answer)
     nll = supervised_nll(model, xt, batch.tokens, masked, batch.attn_mask)  # (B, L)
     answer_len = answer.sum(1).clamp_min(1)  # (B,)
-    return (nll / p[:, None]).sum(1) / answer_len
+    return _weighted(nll, p, weight).sum(1) / answer_len
 
 
 def ar_loss(model: nn.Module, batch: Batch, noise: Tensor | None = None, **_: object) -> Tensor:

@@ -33,6 +33,9 @@ class Curves:
     val: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+STYLES = ("-", "--", ":")
+
+
 def read_curves(run: str | Path, name: str | None = None) -> Curves:
     """A run directory's ``metrics.jsonl`` -> its curves. Validation points get the tokens and
     elapsed seconds of the training record at their step (interpolated between logged steps)."""
@@ -78,14 +81,16 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, *, labels: Sequence[s
             for i, c in enumerate(curves):
                 data = c.train if key == "loss" else c.val
                 if key in data and xkey in data and len(data[key]):
-                    (line,) = ax.plot(data[xkey], data[key], color=f"C{i}", marker="" if key == "loss" else "o",
-                                      markersize=3, linewidth=1.2)
+                    # ten colours, then the same ten dashed, then dotted: every run stays distinguishable
+                    (line,) = ax.plot(data[xkey], data[key], color=f"C{i % 10}", linestyle=STYLES[i // 10 % 3],
+                                      marker="" if key == "loss" else "o", markersize=3, linewidth=1.2)
                     handles.setdefault(c.name, line)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 6) or 1)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    ncol = min(len(handles), 4) or 1
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=ncol)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.025 * -(-len(handles) // ncol) - 0.01))  # room for the legend's rows
     return _save(fig, Path(out))
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 # Streams: distinct third key components so data offsets, masking noise, and per-step
-# decisions (e.g. LLaDA's random-length cut) never share random numbers.
-DATA, NOISE, STEP = 0, 1, 2
+# decisions (e.g. LLaDA's random-length cut), and low-discrepancy draws of t never share random numbers.
+DATA, NOISE, STEP, TIME = 0, 1, 2, 3
 
 
 def keyed_generator(seed: int, step: int, index: int, stream: int) -> np.random.Generator:

@@ -21,6 +21,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="'bytes' (default) or a tokenizer directory / tokenizer.json")
     p.add_argument("--objective", choices=["mdm", "ar"], default=argparse.SUPPRESS, help="mdm (LLaDA, default) or ar (the baseline; SFT is "
                                                               "`remask sft`) (--train.objective)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
+                   help="start from a checkpoint's weights and model (continued pre-training; an AR checkpoint "
+                        "trained as an MDM drops its causal mask, as Dream and DiffuLLaMA adapt AR models)")
     add_run_args(p, RUN_SHORTCUTS)
 
 
@@ -41,7 +44,11 @@ def run_config(args: argparse.Namespace, shortcuts: dict[str, str]) -> RunConfig
 def run(args: argparse.Namespace) -> int:
     cfg = run_config(args, SHORTCUTS)
     data = args.data[0] if args.data and len(args.data) == 1 else args.data
-    res = train(cfg, args.out, data=data, tokenizer=args.tokenizer, resume=args.resume, overwrite=args.overwrite)
+    if args.init_from is not None and args.resume:
+        raise RemaskError("--init-from starts a new run from a checkpoint's weights; --resume continues this run's "
+                          "own: give one of them")
+    res = train(cfg, args.out, data=data, tokenizer=args.tokenizer, resume=args.resume, overwrite=args.overwrite,
+                init_from=args.init_from)
     bpb = f", {res.val_bpb:.3f} bits/byte" if res.val_bpb is not None else ""
     human = (f"step {res.step}: validation loss {res.val_loss:.4f} nats/token{bpb}; {res.tokens_per_s:,.0f} tokens/s\n"
              f"checkpoint: {res.checkpoint}\n" + "".join(f"--- sample {i}\n{s}\n" for i, s in enumerate(res.samples)))

@@ -35,21 +35,21 @@ from remask.checkpoint import Checkpoint, guard_run_dir, load_checkpoint
 from remask.config import RunConfig
 from remask.data.batch import Batch
 from remask.data.tokenizer import load_tokenizer
-from remask.devices import autocast, autocast_dtype
+from remask.devices import autocast, autocast_dtype, flush_denormals
 from remask.errors import RemaskError
 from remask.model import Transformer, build_model
-from remask.objectives import OBJECTIVES
+from remask.objectives import OBJECTIVES, stratify_t
 from remask.rng import NOISE, STEP, keyed_generator, keyed_uniform
-from remask.sampling.config import SampleConfig
-from remask.sampling.decode import decode
 from remask.train import best as best_mod
 from remask.train import distributed, keep, sharded
 from remask.train.batches import BatchSource, TokenWindows
 from remask.train.keep import SaveClock
 from remask.train.optim import build_optimizer, lr_at
 from remask.train.rundir import find_data_dir, record_data_dir, truncate_metrics
+from remask.train.samples import final_samples
 
 EVAL_SEED = 20250214  # validation noise never changes, so val numbers compare across runs
+VAL_EPS = 1e-3  # validation bounds with LLaDA's eps whatever train.mask_eps is, so runs compare
 # TrainConfig fields a resumed run takes from the command line rather than from its checkpoint.
 RESUME_MAY_CHANGE = ("max_steps", "time_budget", "progress", "parallel", "activation_checkpointing", "compile",
                      "nan_patience", "nan_lr_factor", "keep", "ckpt_minutes", "sharded_ckpt",
@@ -77,8 +77,9 @@ class TrainResult:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list[tuple[Batch, np.ndarray]], cfg: RunConfig,
              info: distributed.DistInfo) -> float:
-    """Mean per-token loss over fixed validation batches (the ELBO bound for mdm and sft,
-    exact NLL for ar), with fixed masking noise: ``eval_mc`` draws per window."""
+    """Mean per-token loss over fixed validation batches (the ELBO bound, eq. 3, for mdm and sft, with
+    LLaDA's eps and weight whatever the training's; exact NLL for ar), with fixed masking noise:
+    ``eval_mc`` draws per window."""
     t = cfg.train
     loss_fn = OBJECTIVES[t.objective]
     draws = 1 if t.objective == "ar" else t.eval_mc
@@ -95,8 +96,8 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[Batch, np.ndarray]], cf
         batch = batch.to(info.device)
         for d in range(draws):
             noise = keyed_uniform(EVAL_SEED, d, idx, 1 + batch.tokens.shape[1]).to(info.device)
-            with autocast(info.device, t.dtype):
-                contrib = loss_fn(model, batch, noise, mask_id=cfg.model.mask_token_id, eps=t.mask_eps)
+            with autocast(info.device, t.dtype, cpu_bf16=True):
+                contrib = loss_fn(model, batch, noise, mask_id=cfg.model.mask_token_id, eps=VAL_EPS)
             total += weight * torch.stack([contrib.double().sum(), torch.tensor(float(len(idx)), device=info.device)])
     distributed.all_reduce_sum(total, info)
     model.train(was_training)
@@ -131,7 +132,11 @@ def _from_checkpoint(init_from: str | Path, cfg: RunConfig, tokenizer: Any,
     # float32 master weights whatever the checkpoint stores (LLaDA-8B ships bf16, where AdamW's small
     # updates would round away); autocast (train.dtype) decides the compute precision
     ck = load_checkpoint(init_from, info.device, dtype=torch.float32)
-    model, cfg, tok = ck.model, RunConfig(model=ck.config.model, train=cfg.train), ck.tokenizer
+    model, tok = ck.model, ck.tokenizer
+    # An AR checkpoint continued as a diffusion model (Dream, DiffuLLaMA) drops its causal mask; the
+    # reverse turns one causal. The weights are the same either way: only attention's pattern differs.
+    model.cfg = replace(model.cfg, causal=cfg.train.objective == "ar")
+    cfg = RunConfig(model=model.cfg, train=cfg.train)
     if tokenizer is not None:  # e.g. the base tokenizer with a chat template added for SFT
         tok = load_tokenizer(tokenizer)
         m = ck.config.model
@@ -272,13 +277,20 @@ def _make_run(cfg: RunConfig, model: Transformer, tok: Any, out_dir: Path, info:
         source = TokenWindows(data_dir, t.seq_len, t.seed)
     model.train()
     ddp_model = distributed.parallelize(model, info, compile=t.compile, checkpoint_blocks=t.activation_checkpointing,
-                                        param_dtype=autocast_dtype(t.dtype, info.device))
+                                        param_dtype=autocast_dtype(t.dtype, info.device, cpu_bf16=True),
+                                        compile_len=_compile_len(t))
     optimizer = build_optimizer(model, t)
     if ck is not None:
         sharded.restore(model, optimizer, ck, info, weights=False)
     val_batches = source.val_batches(t.micro_batch_size, t.eval_batches)
     return _Run(cfg, info, out_dir, model, ddp_model, optimizer, tok, source, val_batches,
                 record_data_dir(data_dir, out_dir), saved_step=None if ck is None else int(ck.train_state.get("step", 0)))
+
+
+def _compile_len(t: Any) -> int | None:
+    """The sequence length the model sees in training (AR: inputs drop the last token); None for SFT,
+    whose padded batch lengths vary."""
+    return None if t.objective == "sft" else t.seq_len - (t.objective == "ar")
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None = None,
@@ -308,26 +320,27 @@ def train(cfg: RunConfig, out_dir: str | Path, *, data: str | Path | list | None
                dynamic_ncols=True, desc=t.objective)
 
     meter, interrupted = _Throughput(), False
-    try:
-        while (s.step < t.max_steps and (t.time_budget is None or s.elapsed < t.time_budget)
-               and not s.best.exhausted(t.early_stop_patience)):
-            st = _optimizer_step(run, s, meter)
-            loss_val = math.nan
-            if st.skipped is not None:
-                if _skip(run, s, st):  # went back to the last checkpoint
-                    bar.n = s.step
-                    bar.refresh()
-                    continue
-            elif s.step % t.log_interval == 0 or s.step == t.max_steps:
-                loss_val = _log_step(run, s, meter, st, bar)
-            bar.update(1)
-            if callback is not None:
-                callback(s.step, loss_val)
-            _evaluate_and_checkpoint(run, s, meter)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
+    with flush_denormals(info.device):
+        try:
+            while (s.step < t.max_steps and (t.time_budget is None or s.elapsed < t.time_budget)
+                   and not s.best.exhausted(t.early_stop_patience)):
+                st = _optimizer_step(run, s, meter)
+                loss_val = math.nan
+                if st.skipped is not None:
+                    if _skip(run, s, st):  # went back to the last checkpoint
+                        bar.n = s.step
+                        bar.refresh()
+                        continue
+                elif s.step % t.log_interval == 0 or s.step == t.max_steps:
+                    loss_val = _log_step(run, s, meter, st, bar)
+                bar.update(1)
+                if callback is not None:
+                    callback(s.step, loss_val)
+                _evaluate_and_checkpoint(run, s, meter)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
     return _finish(run, s, start=start, interrupted=interrupted, tok_s=meter.tok_s)
 
 
@@ -369,10 +382,13 @@ def _accumulate(run: _Run, s: LoopState) -> tuple[torch.Tensor, int]:
     for j, idx in enumerate(micro):
         batch = run.source.train_batch(s.step, idx).truncate(length).to(info.device)
         n_tok += batch.tokens.numel() * info.world_size  # SFT batches can be shorter than seq_len
-        noise = keyed_uniform(t.seed, s.step, idx, 1 + batch.tokens.shape[1], NOISE).to(info.device)
+        noise = keyed_uniform(t.seed, s.step, idx, 1 + batch.tokens.shape[1], NOISE)
+        noise = stratify_t(noise, idx - s.step * t.batch_size, t.batch_size, seed=t.seed, step=s.step,
+                           kind=t.t_sampling).to(info.device)
         sync = j == len(micro) - 1  # DDP all-reduces gradients on the last micro-batch only
-        with distributed.sync_gradients(run.ddp_model, sync), autocast(info.device, t.dtype):
-            contrib = loss_fn(run.ddp_model, batch, noise, mask_id=run.cfg.model.mask_token_id, eps=t.mask_eps)
+        with distributed.sync_gradients(run.ddp_model, sync), autocast(info.device, t.dtype, cpu_bf16=True):
+            contrib = loss_fn(run.ddp_model, batch, noise, mask_id=run.cfg.model.mask_token_id, eps=t.mask_eps,
+                              weight=t.loss_weight)
             # Sum / GLOBAL batch; DDP and FSDP average over processes, hence the world_size factor.
             loss = contrib.sum() * (info.world_size / t.batch_size)
         loss.backward()
@@ -469,8 +485,10 @@ def _finish(run: _Run, s: LoopState, *, start: int, interrupted: bool, tok_s: fl
     tok_s = s.tokens_seen / s.elapsed if s.elapsed > 0 and start == 0 else tok_s
     samples = []
     if run.info.is_main and not interrupted and run.cfg.train.samples > 0:
-        # Under FSDP no process holds the whole model, so rank 0 samples from the checkpoint just saved.
-        model = load_checkpoint(ck, run.info.device).model if run.info.sharded else run.model
+        # Under FSDP no process holds the whole model, and compiled blocks would compile again for every
+        # sampling shape: rank 0 samples from the checkpoint just saved, uncompiled.
+        fresh = run.info.sharded or run.cfg.train.compile
+        model = load_checkpoint(ck, run.info.device).model if fresh else run.model
         samples = final_samples(model, run.tok, run.cfg, run.cfg.train.samples)
     distributed.teardown(run.info)
     return TrainResult(s.step, tok_s, s.last_val, _bpb(s.last_val, run.source), s.elapsed, ck, samples, interrupted)
@@ -480,18 +498,3 @@ def _bpb(nats_per_token: float, source: BatchSource) -> float | None:
     """Bits per UTF-8 byte: tokenizer-independent, so models with different vocabularies compare."""
     bpt = getattr(source, "bytes_per_token", None)
     return None if not bpt or not math.isfinite(nats_per_token) else nats_per_token / math.log(2) / bpt
-
-
-def final_samples(model: Transformer, tok: Any, cfg: RunConfig, n: int) -> list[str]:
-    """A few unconditional samples (prompt: start of a document) to eyeball after training."""
-    if n <= 0:
-        return []
-    gen_len = min(64, cfg.model.max_seq_len - 1)
-    model.eval()
-    # Random remasking in short blocks: a small, briefly trained MDM decoded by low confidence
-    # commits its most certain guess, whitespace, everywhere first (measured: 99% spaces). An AR
-    # model takes the shared settings (length, temperature, seed) of the same config.
-    block = 8 if gen_len % 8 == 0 else gen_len
-    sc = SampleConfig(gen_length=gen_len, block_length=block, temperature=0.8, remasking="random", seed=0)
-    out = decode(model, [[tok.eos_id]] * n, sc, mask_id=tok.mask_id, eos_id=tok.eos_id, eot_id=tok.eot_id)
-    return [tok.decode(row.tolist(), skip_special_tokens=True) for row in out.tokens]
