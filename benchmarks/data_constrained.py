@@ -107,7 +107,6 @@ def write_corpus(args: argparse.Namespace, name: str, out: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- worker
 
-@torch.no_grad()
 def worker(args: argparse.Namespace) -> None:
     """One objective on one corpus: train under the budget with early stopping, then score RUN/best."""
     from remask.checkpoint import load_checkpoint
