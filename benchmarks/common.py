@@ -249,6 +249,21 @@ def run_workers(script: str | Path, work: Path, argv: Sequence[str], *, kinds: S
     return {k: json.loads((work / result.format(kind=k)).read_text()) for k in kinds}
 
 
+def progress_line(metrics: Path, key: str = "loss") -> str:
+    """The newest record of a run's ``metrics.jsonl`` that holds ``key`` ("loss" or "val_loss"), for
+    ``run_workers``' progress lines; "starting" before there is one."""
+    try:
+        recs = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+    except (OSError, json.JSONDecodeError):  # not written yet, or a line being written
+        return "starting"
+    rec = next((r for r in reversed(recs) if key in r), None)
+    if rec is None:
+        return "starting"
+    if key == "val_loss":
+        return f"step {rec['step']} val {rec['val_loss']:.3f}"
+    return f"step {rec['step']} {key} {rec[key]:.3f} ({rec.get('elapsed', 0):.0f}s)"
+
+
 def steady_rate(metrics: Path, steps: int, elapsed: float) -> float:
     """Optimizer steps per second from a run's ``metrics.jsonl``, after the first logging window's one-off
     costs (compilation, allocation); ``steps / elapsed`` when it holds fewer than two training records."""

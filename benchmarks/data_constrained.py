@@ -43,6 +43,7 @@ from common import (
     add_worker_args,
     barrier,
     dataset,
+    progress_line,
     provenance,
     publish,
     run_workers,
@@ -137,15 +138,6 @@ def worker(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- driver and report
 
-def last_val(path: Path) -> str:
-    try:
-        recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    except (OSError, json.JSONDecodeError):
-        return "starting"
-    rec = next((r for r in reversed(recs) if "val_loss" in r), None)
-    return "starting" if rec is None else f"step {rec['step']} val {rec['val_loss']:.3f}"
-
-
 def run_corpus(args: argparse.Namespace, name: str, work: Path) -> dict[str, Any]:
     """Prepare one corpus and train both models on it at once; return their results and data sizes."""
     from remask.data.prepare import prepare
@@ -158,7 +150,7 @@ def run_corpus(args: argparse.Namespace, name: str, work: Path) -> dict[str, Any
           flush=True)
     argv = [*sys.argv[1:], "--work-dir", str(work), "--corpus", name]
     res = run_workers(__file__, work, argv, threads=args.threads, result="{kind}/result.json",
-                      progress=lambda kind: last_val(work / kind / "run" / "metrics.jsonl"))
+                      progress=lambda kind: progress_line(work / kind / "run" / "metrics.jsonl", "val_loss"))
     return {**res, "train_bytes": meta["splits"]["train"]["tokens"], "val_bytes": meta["splits"]["val"]["tokens"],
             "load": (load0, os.getloadavg()[0])}
 

@@ -50,6 +50,7 @@ from common import (
     dataset,
     date,
     machine,
+    progress_line,
     publish,
     run_workers,
     steady_rate,
@@ -144,21 +145,11 @@ def worker(args: argparse.Namespace) -> None:
     print(f"{obj}: {res.step} steps, val {res.val_loss:.4f} nats/char", flush=True)
 
 
-def last_metrics(path: Path) -> str:
-    """The newest training record of a run, for the progress line."""
-    try:
-        lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    except (OSError, json.JSONDecodeError):
-        return "starting"
-    rec = next((r for r in reversed(lines) if "loss" in r), None)
-    return "starting" if rec is None else f"step {rec['step']} loss {rec['loss']:.3f} ({rec['elapsed']:.0f}s)"
-
-
 def launch(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
     """Start both workers at once, report progress every 30 s, and collect their result.json."""
     return run_workers(__file__, work, [*sys.argv[1:], "--work-dir", str(work)], threads=args.threads,
                        result="{kind}/result.json",
-                       progress=lambda kind: last_metrics(work / kind / "run" / "metrics.jsonl"))
+                       progress=lambda kind: progress_line(work / kind / "run" / "metrics.jsonl"))
 
 
 def report(args: argparse.Namespace, res: dict[str, dict[str, Any]], data_meta: dict[str, Any]) -> str:

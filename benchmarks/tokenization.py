@@ -69,6 +69,7 @@ from common import (
     add_set_arg,
     add_worker_args,
     barrier,
+    progress_line,
     provenance,
     publish,
     run_workers,
@@ -77,7 +78,7 @@ from common import (
     with_overrides,
     work_dir,
 )
-from data_constrained import last_val, write_corpus
+from data_constrained import write_corpus
 from remask.config import ModelConfig, RunConfig, TrainConfig
 
 TOKENIZERS = ("bytes", "bpe")
@@ -252,7 +253,7 @@ def run_tokenizer(args: argparse.Namespace, name: str, files: list[Path], val_te
           f"{val['tokens']:,} val tokens, {val['tokens'] / val_chars:.3f} tokens/char", flush=True)
     argv = [*sys.argv[1:], "--work-dir", str(work)]
     res = run_workers(__file__, work, argv, threads=args.threads, result="{kind}/result.json",
-                      progress=lambda kind: last_val(work / kind / "run" / "metrics.jsonl"))
+                      progress=lambda kind: progress_line(work / kind / "run" / "metrics.jsonl", "val_loss"))
     return {**res, "vocab": tok.vocab_size, "train_tokens": meta["splits"]["train"]["tokens"],
             "val_tokens": val["tokens"], "val_chars": val_chars, "tokens_per_char": val["tokens"] / val_chars,
             "eval_windows": eval_batches * args.batch_size, "load": (load0, os.getloadavg()[0])}
