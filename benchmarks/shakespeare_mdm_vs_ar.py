@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-batches", type=int, default=32, help="final validation batches (of --batch-size windows)")
     ap.add_argument("--eval-mc", type=int, default=4, help="mask draws per window for the MDM's ELBO")
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--mdm-from-ar", type=float, default=0.0, metavar="FRACTION",
+                    help="the MDM's budget starts with this fraction trained as AR, then continues as an MDM "
+                         "from those weights (remask train --init-from); 0: from scratch")
     add_set_arg(ap)
     add_worker_args(ap, "shakespeare_mdm_vs_ar")
     return ap.parse_args(argv)
@@ -129,15 +132,21 @@ def worker(args: argparse.Namespace) -> None:
     shutil.rmtree(out / "calibrate", ignore_errors=True)
 
     barrier(work, "train", obj)
+    wall0, init, ar_steps = time.perf_counter(), None, 0
+    if obj == "mdm" and args.mdm_from_ar:  # continued pre-training: AR first, then MDM from its weights
+        ar = run_config(args, "ar", max_steps=10**6, budget=budget * args.mdm_from_ar)
+        first = train(RunConfig(model=ar.model, train=replace(ar.train, lr_clock="time", samples=0)), out / "ar-phase",
+                      data=data_dir)
+        init, ar_steps, budget = first.checkpoint, first.step, budget * (1 - args.mdm_from_ar)
+        max_steps = max(args.warmup_steps + 1, int(rate * budget * 0.98))
     cfg = run_config(args, obj, max_steps=max_steps, budget=budget)
-    wall0 = time.perf_counter()
-    res = train(cfg, out / "run", data=data_dir)
+    res = train(cfg, out / "run", data=data_dir, init_from=init)
     wall = time.perf_counter() - wall0
     model, tok = load_model(res.checkpoint)
     mean, se = val_standard_error(model, data_dir, cfg)
     record: dict[str, Any] = {
         "objective": obj, "params": model.num_params(), "calibration_steps_per_s": rate, "max_steps": max_steps,
-        "wall_s": wall, "recomputed_val_loss": mean, "val_loss_se": se,
+        "wall_s": wall, "recomputed_val_loss": mean, "val_loss_se": se, "ar_phase_steps": ar_steps,
         "prompted_sample": prompted_sample(model, tok, obj, gen=min(96, args.seq_len - len(PROMPT)) // 4 * 4),
         **res.to_json(),
     }
@@ -183,7 +192,8 @@ processes ({args.threads} thread each). {label}.
   {args.warmup_steps} warmup steps then cosine to 0.1x over max_steps (sized per model from a
   {args.calibrate_seconds:g}s calibration run: mdm {mdm["max_steps"]}, ar {ar["max_steps"]}); budget
   {args.minutes:g} min of training each (`TrainConfig.time_budget`; evaluation not counted).
-- recipe overrides (`--set`, both models): {", ".join(args.overrides) or "none"}
+- recipe overrides (`--set`, both models): {", ".join(args.overrides) or "none"}; MDM from an AR phase of
+  {args.mdm_from_ar:g} of its budget ({mdm["ar_phase_steps"]} AR steps, then {mdm["step"]} MDM steps)
 - data: `remask prepare` with the byte tokenizer, last 10% held out ({val["tokens"]:,} validation tokens);
   validation on {args.eval_batches * args.batch_size} fixed windows of {args.seq_len}; the MDM's loss
   is LLaDA's ELBO bound (eq. 3) with {args.eval_mc} fixed mask draws per window, the AR's is the exact
