@@ -8,6 +8,7 @@ flag the user typed (``flag``), never a CUDA traceback.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -31,6 +32,7 @@ def pick_device(name: str | None = "auto", local_rank: int = 0, *, flag: str = "
         raise RemaskError(f"{flag} {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
+@functools.cache  # asked at every training forward; the CPU does not change
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16)."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence the getattr
