@@ -33,7 +33,7 @@ timeout 200 python benchmarks/sampling.py "${COMMON[@]}" --train-seconds 60 --wo
     --results benchmarks/results/gpu_sampling.md --note "GPU run: bf16 autocast, eager."
 
 timeout 80 python benchmarks/sampling.py "${COMMON[@]}" --compile --ckpt "$WORK/run/mdm/run" \
-    --judge "$WORK/run/ar/run" --work-dir "$WORK/compile" --prompts 2 1 \
+    --judge "$WORK/run/ar/run/best" --work-dir "$WORK/compile" --prompts 2 1 \
     --configs "reference (LLaDA)" "dual cache + threshold 0.9" \
     --results benchmarks/results/gpu_sampling_compile.md --note "GPU run: bf16 autocast, torch.compile." \
     || echo "compile pass did not finish within its timeout (eager results are in gpu_sampling.md)"

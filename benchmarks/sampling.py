@@ -1,28 +1,38 @@
-"""Fast sampling: tokens/s, forward passes and sample quality of every rule, threshold decoding and caches.
+"""Fast sampling: speed, forward passes and sample quality of every remasking rule, parallel rule and cache.
 
-    python benchmarks/sampling.py                          # trains both models, then samples (~10 min, 2 cores)
-    python benchmarks/sampling.py --ckpt runs/mdm --judge runs/ar   # reuse trained checkpoints
+    python benchmarks/sampling.py                          # tinyshakespeare bytes: trains both models, samples
+    python benchmarks/sampling.py --corpus tinystories --d-model 192 --n-head 6 --train-seconds 720 \
+        --batches 1 8 --figure results/sampling-tinystories.png --results results/sampling-tinystories.md
+    python benchmarks/sampling.py --ckpt runs/mdm --judge runs/ar/best   # reuse trained checkpoints
     python benchmarks/sampling.py --device cuda --dtype bfloat16    # GPU (see gpu_sampling.sh)
     python benchmarks/sampling.py ... --sudoku DIR/mdm-sudoku   # + task accuracy (planning.py --work-dir DIR)
+    python benchmarks/sampling.py --gen-lengths 256 --json a.json ... & \
+    python benchmarks/sampling.py --gen-lengths 1024 --json b.json ...   # two cores, then:
+    python benchmarks/sampling.py --from-json a.json b.json --figure F.png   # one report, one figure
 
-1. Data: char-level tinyshakespeare from the dataset root (``--data DIR``, else ``$REMASK_DATA``,
-   else ``../shared/data`` when present, else remask's built-in corpus); byte tokenizer; the last
-   10% held out. ``--sudoku`` also reads the Sudoku test set, sudoku_countdown/, from that root.
-2. Two models trained AT THE SAME TIME in two processes (one thread each): the masked diffusion
-   model and an AR judge (same data, causal) that scores samples. Both train on 256-token windows
-   (a CPU cannot train 1088-token windows in minutes); the MDM's max_seq_len is prompt + 1024,
-   so at gen_length 1024 it runs past its trained length (rotary positions extrapolate, and every
-   setting, the reference included, sees the same canvas). ``--train-only`` trains and keeps the
-   checkpoints in ``--work-dir`` for a later ``--ckpt/--judge`` run.
-3. For gen_length 256 and 1024, one prompt at a time (batch 1), temperature 0, early exit off:
-   the LLaDA reference (low_confidence, steps = gen_length, block 32, no cache) against every
-   other rule, threshold 0.9 parallel decoding, the prefix and dual caches, and cache + threshold.
-   Wall time per configuration gives tokens/s; speedups are ratios to the reference measured
-   in the same run.
-4. Quality: perplexity of the generated continuation under the AR judge (sliding window over
-   prompt + sample, only sample characters scored), and the unigram entropy of the sample's
-   characters (repetition lowers it). Both as ratios to the reference; the real continuation
-   of each prompt is scored too, for scale.
+1. Data (``--corpus``), from the dataset root (``--data DIR``, else ``$REMASK_DATA``, else
+   ``../shared/data`` when present): ``shakespeare``, char-level tinyshakespeare with the byte
+   tokenizer (remask's built-in corpus when there is no dataset root); or ``tinystories``, the
+   TinyStories train head, one story per document, with a byte-level BPE (``--vocab-size``)
+   trained on the training stories (tinystories.py). 10% held out by prepare's split.
+   ``--sudoku`` also reads the Sudoku test set, sudoku_countdown/, from that root.
+2. Two models trained AT THE SAME TIME in two processes (one thread each, ``--train-seconds`` of
+   wall clock with the learning rate on the clock, bf16 where the CPU has it, compiled blocks):
+   the masked diffusion model and an AR judge (same data, causal) that scores samples, from its
+   best validation (RUN/best). Both train on 256-token windows (a CPU cannot train 1088-token
+   windows in minutes); the MDM's max_seq_len is prompt + 1024, so at gen_length 1024 it runs
+   past its trained length (rotary positions extrapolate, and every setting, the reference
+   included, sees the same canvas). ``--train-only`` trains and keeps the checkpoints in
+   ``--work-dir`` for a later ``--ckpt/--judge`` run.
+3. For each gen length and batch size (``--batches``: 1 = one prompt at a time, what one chat
+   user feels; B = one batch of B prompts), temperature 0, early exit off: the LLaDA reference
+   (low_confidence, steps = gen_length, block 32, no cache) against every other setting of
+   ``CONFIGS``. CPU time per configuration gives tokens/s; speedups are ratios to the reference
+   measured in the same run.
+4. Quality (sample_quality.py): perplexity of each continuation under the AR judge, distinct word
+   bigrams (repetition), whole-sentence endings of the story, and how often neighbours were
+   committed by one pass and what that costs in judge NLL. The real continuation of each prompt is
+   scored too, for scale. The report and figure come from sampling_report.py.
 """
 
 from __future__ import annotations
@@ -30,17 +40,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import shutil
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import sampling_report
 from common import (
     SHAKESPEARE,
     SUDOKU_COUNTDOWN,
@@ -53,28 +61,42 @@ from common import (
     machine,
     publish,
     run_workers,
-    steady_rate,
-    table,
     work_dir,
+    write_atomic,
 )
 from remask.config import ModelConfig, RunConfig, TrainConfig
+from sample_quality import Quality, commit_steps, judge_nll
 
 BLOCK = 32
+CORPORA = ("shakespeare", "tinystories")
+VAL_FRACTION = 0.1  # held out by prepare's hash split (per story for tinystories)
+EVAL_INTERVAL = 250  # training steps between validations (the judge is the AR's best, RUN/best)
+DUAL = {"cache": "dual"}
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("reference (LLaDA)", {}),
     ("margin", {"remasking": "margin"}),
     ("entropy", {"remasking": "entropy"}),
     ("random", {"remasking": "random"}),
     ("threshold 0.9", {"remasking": "threshold", "threshold": 0.9}),
+    ("threshold 0.5", {"remasking": "threshold", "threshold": 0.5}),
+    ("factor 1", {"remasking": "factor", "factor": 1.0}),
+    ("factor 3", {"remasking": "factor", "factor": 3.0}),
+    ("hierarchy (0.9, low 0.4)", {"remasking": "hierarchy"}),
+    ("hierarchy (0.9, low 0.1)", {"remasking": "hierarchy", "low_threshold": 0.1}),
+    ("credit 0.7 + threshold 0.9", {"remasking": "threshold", "credit": 0.7}),
     ("prefix cache", {"cache": "prefix"}),
-    ("dual cache", {"cache": "dual"}),
+    ("dual cache", DUAL),
     ("prefix cache + threshold 0.9", {"cache": "prefix", "remasking": "threshold", "threshold": 0.9}),
-    ("dual cache + threshold 0.9", {"cache": "dual", "remasking": "threshold", "threshold": 0.9}),
     # A small model is rarely 90% sure: lower thresholds show the speed/quality trade-off.
-    ("dual cache + threshold 0.7", {"cache": "dual", "remasking": "threshold", "threshold": 0.7}),
-    ("dual cache + threshold 0.5", {"cache": "dual", "remasking": "threshold", "threshold": 0.5}),
-    ("dual cache + threshold 0.3", {"cache": "dual", "remasking": "threshold", "threshold": 0.3}),
-    ("dual cache, refresh every 8 steps", {"cache": "dual", "cache_refresh": 8}),
+    *[(f"dual cache + threshold {tau}", {**DUAL, "remasking": "threshold", "threshold": tau}) for tau in (0.9, 0.7, 0.5, 0.3)],
+    *[(f"dual cache + factor {f:g}", {**DUAL, "remasking": "factor", "factor": f}) for f in (1.0, 2.0, 3.0, 5.0)],
+    ("dual cache + hierarchy (0.9, low 0.4)", {**DUAL, "remasking": "hierarchy"}),
+    ("dual cache + hierarchy (0.9, low 0.1)", {**DUAL, "remasking": "hierarchy", "low_threshold": 0.1}),
+    ("dual cache + hierarchy (0.7, low 0.1)", {**DUAL, "remasking": "hierarchy", "threshold": 0.7, "low_threshold": 0.1}),
+    ("dual cache + credit 0.7 + threshold 0.9", {**DUAL, "remasking": "threshold", "credit": 0.7}),
+    ("dual cache + credit 0.7 + threshold 0.5", {**DUAL, "remasking": "threshold", "threshold": 0.5, "credit": 0.7}),
+    ("dual cache + credit 0.7 + factor 3", {**DUAL, "remasking": "factor", "factor": 3.0, "credit": 0.7}),
+    ("dual cache, refresh every 8 steps", {**DUAL, "cache_refresh": 8}),
     ("ReMDM re-masking (k 1, below 0.5)", {"remask_committed": 1, "remask_below": 0.5}),
 ]
 # The Sudoku task model (planning.py --work-dir DIR keeps it as DIR/mdm-sudoku): the answer is one
@@ -102,15 +124,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", type=Path, help="a trained MDM checkpoint (skip training; needs max_seq_len >= prompt + gen)")
     ap.add_argument("--judge", type=Path, help="a trained AR checkpoint on the same data (skip training)")
-    add_data_arg(ap, "tinyshakespeare/ and, for --sudoku, sudoku_countdown/", fallback="the built-in corpus")
+    add_data_arg(ap, "tinyshakespeare/ or tinystories/ and, for --sudoku, sudoku_countdown/",
+                 fallback="the built-in corpus (shakespeare only)")
+    ap.add_argument("--corpus", choices=CORPORA, default="shakespeare",
+                    help="shakespeare: bytes of tinyshakespeare; tinystories: a BPE on TinyStories, one story per "
+                         "document (see tinystories.py)")
+    ap.add_argument("--vocab-size", type=int, default=2048, help="tinystories: the BPE's vocabulary")
     ap.add_argument("--train-seconds", type=float, default=150.0, help="training budget of each model")
     add_model_args(ap, d_model=128, n_layer=4, n_head=4)
     ap.add_argument("--batch-size", type=int, default=8, help="training batch of each model")
     ap.add_argument("--seq-len", type=int, default=256, help="training window of each model")
     ap.add_argument("--train-only", action="store_true", help="train, keep the checkpoints in --work-dir, stop")
     ap.add_argument("--gen-lengths", type=int, nargs="+", default=[256, 1024])
-    ap.add_argument("--prompt-length", type=int, default=64)
+    ap.add_argument("--prompt-length", type=int, default=None,
+                    help="prompt tokens (default: 64 bytes for shakespeare, 32 BPE tokens for tinystories)")
     ap.add_argument("--prompts", type=int, nargs="+", default=[3, 1], help="prompts per gen length (batch 1 each)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1],
+                    help="batch sizes: 1 = --prompts prompts one at a time; B > 1 = one batch of B prompts")
     ap.add_argument("--configs", nargs="+", default=None, help="only these configuration names (default: all)")
     ap.add_argument("--rules-at-1024", action="store_true", help="also time margin/entropy/random at long lengths")
     ap.add_argument("--sudoku", type=Path, help="also score every setting on the 500 4x4 Sudoku test puzzles with "
@@ -121,73 +151,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--note", default="", help="a line added to the results header (e.g. 'GPU run')")
+    ap.add_argument("--json", type=Path, help="also save the measurements here (for --from-json)")
+    ap.add_argument("--from-json", type=Path, nargs="+", help="no sampling: report (and --figure) the runs saved "
+                                                               "by earlier --json runs, merged in the order given")
+    ap.add_argument("--figure", type=Path, help="draw speedup against quality for every setting (matplotlib) here")
     add_worker_args(ap, "sampling")
     return ap.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- training (two processes)
 
-def run_config(args: argparse.Namespace, objective: str, max_steps: int, budget: float | None) -> RunConfig:
+def run_config(args: argparse.Namespace, objective: str) -> RunConfig:
+    """Trains for ``--train-seconds`` with the learning-rate schedule on the wall clock (``lr_clock=time``)."""
     limit = args.prompt_length + max(args.gen_lengths) if objective == "mdm" else args.seq_len
     model = ModelConfig(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, max_seq_len=limit,
                         causal=objective == "ar")
     train = TrainConfig(objective=objective, seed=args.seed, batch_size=args.batch_size, seq_len=args.seq_len,
-                        max_steps=max_steps, time_budget=budget, lr=3e-3, warmup_steps=30, eval_interval=0,
-                        eval_batches=4, eval_mc=1, ckpt_interval=0, log_interval=5, progress=False, samples=0,
-                        device=args.device, dtype="auto")
+                        max_steps=10**7, time_budget=args.train_seconds, lr_clock="time", lr=3e-3, warmup_steps=30,
+                        eval_interval=EVAL_INTERVAL, eval_batches=8, eval_mc=1,
+                        early_stop_patience=10**6,  # never stops; keeps the best validation in RUN/best
+                        ckpt_interval=0, log_interval=5, progress=False, samples=0, device=args.device,
+                        dtype="auto", compile=True, t_sampling="stratified" if objective == "mdm" else "iid")
     return RunConfig(model=model, train=train)
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Train one model: a short calibration sizes the cosine schedule to the time budget."""
+    """Train one model for the budget (the recipe of BENCHMARKS.md's "Training recipe": bf16 where the CPU has
+    it, compiled blocks, stratified t for the MDM)."""
     from remask.train.loop import train
 
     torch.set_num_threads(args.threads)
-    work, obj = args.work_dir, args.worker
-    calib = run_config(args, obj, max_steps=10**6, budget=min(15.0, args.train_seconds / 4))
-    c = train(calib, work / obj / "calibrate", data=work / "data")
-    rate = steady_rate(work / obj / "calibrate" / "metrics.jsonl", c.step, c.elapsed)
-    max_steps = max(50, int(rate * args.train_seconds * 0.95))
-    shutil.rmtree(work / obj / "calibrate", ignore_errors=True)
-    res = train(run_config(args, obj, max_steps=max_steps, budget=args.train_seconds), work / obj / "run",
-                data=work / "data")
-    (work / obj / "result.json").write_text(json.dumps({**res.to_json(), "max_steps": max_steps,
-                                                        "seq_len": args.seq_len, "batch_size": args.batch_size}))
-
-
-# ----------------------------------------------------------------------------- quality
-
-@torch.inference_mode()
-def judge_nll(judge: torch.nn.Module, ids: list[int], first: int) -> tuple[float, int]:
-    """Sum of the AR judge's NLL (nats) over ids[first:], each token seeing up to a window of context."""
-    window = judge.cfg.max_seq_len
-    device = next(judge.parameters()).device
-    x = torch.tensor(ids, device=device)
-    total, count, pos = 0.0, 0, max(first, 1)
-    while pos < len(ids):
-        lo = max(0, pos - window // 2)  # at least half a window of context for every scored token
-        hi = min(len(ids), lo + window)
-        logp = judge(x[None, lo:hi]).float().log_softmax(-1)[0]  # (hi - lo, V)
-        tgt = x[pos:hi]
-        total -= float(logp[pos - lo - 1:hi - lo - 1].gather(-1, tgt[:, None]).sum())
-        count += hi - pos
-        pos = hi
-    return total, count
-
-
-def unigram_entropy(ids: list[int]) -> float:
-    """Bits per character of the sample's own character distribution."""
-    counts = Counter(ids)
-    n = sum(counts.values())
-    return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
+    res = train(run_config(args, args.worker), args.work_dir / args.worker / "run", data=args.work_dir / "data")
+    (args.work_dir / args.worker / "result.json").write_text(json.dumps(
+        {**res.to_json(), "seq_len": args.seq_len, "batch_size": args.batch_size}))
 
 
 # ----------------------------------------------------------------------------- sampling
 
-def prompts_from(val: Any, n: int, prompt_len: int, gen: int) -> list[tuple[list[int], list[int]]]:
-    """(prompt, real continuation) pairs at evenly spaced offsets of the validation tokens."""
+def prompts_from(val: Any, n: int, prompt_len: int, gen: int, story_eos: int | None = None
+                 ) -> list[tuple[list[int], list[int]]]:
+    """(prompt, real continuation) pairs from the validation tokens: at evenly spaced offsets, or with
+    ``story_eos``, at the starts of evenly spaced held-out stories (the token after an EOS)."""
     span = prompt_len + gen
-    starts = [int(i * (len(val) - span) / max(n, 1)) for i in range(n)]
+    if story_eos is None:
+        starts = [int(i * (len(val) - span) / max(n, 1)) for i in range(n)]
+    else:
+        ids = val.get(0, len(val) - span)
+        heads = [0, *((ids == story_eos).nonzero()[0] + 1).tolist()]  # story starts that leave a whole span
+        starts = [heads[int(i * len(heads) / n)] for i in range(n)]
     return [(val.get(s, prompt_len).tolist(), val.get(s + prompt_len, gen).tolist()) for s in starts]
 
 
@@ -220,50 +231,65 @@ class Clock:
 
 
 def run_setting(model: Any, judge: Any, tok: Any, pairs: list[tuple[list[int], list[int]]], gen: int,
-                overrides: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+                overrides: dict[str, Any], args: argparse.Namespace, *, batch: bool) -> dict[str, Any]:
+    """Generate after every prompt (one at a time, or all as one batch) -> speed and quality figures."""
     from remask.sampling import SampleConfig, generate
 
     cfg = SampleConfig(gen_length=gen, steps=gen, block_length=BLOCK, temperature=0.0, early_stop=False,
                        dtype=args.dtype, compile=args.compile, **overrides)
     device = next(model.parameters()).device
+    groups = [pairs] if batch else [[p] for p in pairs]
     if args.compile:  # compile (and warm up every shape) outside the timed region
-        generate(model, [pairs[0][0]], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id)
-    clock, forwards, nll, count, ent, samples = Clock(device), 0, 0.0, 0, 0.0, []
-    for prompt, _ in pairs:
+        generate(model, [p for p, _ in groups[0]], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id)
+    clock, forwards, quality, samples = Clock(device), 0, Quality(), []
+    for group in groups:
+        events: list[Any] = []
         with clock():
-            out = generate(model, [prompt], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id)
+            out = generate(model, [p for p, _ in group], cfg, mask_id=tok.mask_id, eos_id=tok.eos_id,
+                           callback=events.append)
         forwards += out.n_forward
-        sample = out.tokens[0].tolist()
-        s, c = judge_nll(judge, prompt + sample, len(prompt))
-        nll, count, ent = nll + s, count + c, ent + unigram_entropy(sample)
-        samples.append(tok.decode(sample, skip_special_tokens=True))
+        for r, (prompt, _) in enumerate(group):
+            sample = out.tokens[r].tolist()
+            story = sample[:sample.index(tok.eos_id)] if tok.eos_id in sample else sample
+            quality.add(judge_nll(judge, prompt + sample, len(prompt)),
+                        commit_steps(events, out.canvas.shape[1] - gen, gen, r), sample, tok.decode(story))
+            samples.append(tok.decode(sample, skip_special_tokens=True))
     return {"tok_s": len(pairs) * gen / clock.seconds, "wall_tok_s": len(pairs) * gen / clock.wall,
-            "seconds": clock.wall,
-            "forwards": forwards / len(pairs),
-            "ppl": math.exp(nll / count), "entropy": ent / len(pairs), "sample": samples[0]}
+            "seconds": clock.wall, "forwards": forwards / len(groups),
+            "tokens_per_pass": gen * len(groups) / forwards, **quality.figures(), "sample": samples[0]}
 
 
-def benchmark(args: argparse.Namespace, model: Any, judge: Any, tok: Any, val: Any) -> dict[int, list[dict[str, Any]]]:
-    results: dict[int, list[dict[str, Any]]] = {}
+def real_quality(judge: Any, tok: Any, pairs: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
+    """The same quality figures for the real text after each prompt (the judge's scale)."""
+    quality = Quality()
+    for prompt, real in pairs:
+        story = real[:real.index(tok.eos_id)] if tok.eos_id in real else real
+        quality.add(judge_nll(judge, prompt + real, len(prompt)), list(range(len(real))), real, tok.decode(story))
+    return quality.figures()
+
+
+def benchmark(args: argparse.Namespace, model: Any, judge: Any, tok: Any, val: Any) -> list[dict[str, Any]]:
+    """Every configuration at every gen length, at batch 1 and (``--batch``) as one batch of prompts."""
+    runs: list[dict[str, Any]] = []
     counts = (args.prompts + [args.prompts[-1]] * len(args.gen_lengths))[:len(args.gen_lengths)]
+    story_eos = tok.eos_id if args.corpus == "tinystories" else None
     for gen, n in zip(args.gen_lengths, counts):
-        pairs = prompts_from(val, n, args.prompt_length, gen)
-        real_nll = [judge_nll(judge, p + c, len(p)) for p, c in pairs]
-        real = {"ppl": math.exp(sum(s for s, _ in real_nll) / sum(c for _, c in real_nll)),
-                "entropy": sum(unigram_entropy(c) for _, c in pairs) / len(pairs)}
-        rows = []
-        for name, overrides in CONFIGS:
-            if args.configs and name not in args.configs and name != CONFIGS[0][0]:
-                continue
-            if name in RULE_ONLY and gen > 256 and not args.rules_at_1024:
-                continue
-            r = run_setting(model, judge, tok, pairs, gen, overrides, args)
-            rows.append({"name": name, **r})
-            print(f"gen {gen} {name:30s} {r['tok_s']:9.1f} tok/s ({r['wall_tok_s']:.1f} wall)  "
-                  f"{r['forwards']:7.1f} passes  "
-                  f"ppl {r['ppl']:6.2f}  H {r['entropy']:.3f}  ({r['seconds']:.1f}s)", flush=True)
-        results[gen] = [{"name": "real continuation (judge scale)", **real}, *rows]
-    return results
+        for batch in args.batches:
+            pairs = prompts_from(val, n if batch == 1 else batch, args.prompt_length, gen, story_eos)
+            rows = []
+            for name, overrides in CONFIGS:
+                if args.configs and name not in args.configs and name != CONFIGS[0][0]:
+                    continue
+                if name in RULE_ONLY and (gen > 256 or batch > 1) and not args.rules_at_1024:
+                    continue
+                r = run_setting(model, judge, tok, pairs, gen, overrides, args, batch=batch > 1)
+                rows.append({"name": name, "overrides": overrides, **r})
+                print(f"gen {gen} batch {batch} {name:40s} {r['tok_s']:8.1f} tok/s  {r['tokens_per_pass']:5.2f} "
+                      f"tok/pass  ppl {r['ppl']:6.2f}  bigrams {r['bigrams']:.3f}  endings {r['endings']:.2f}  "
+                      f"same-pass {r['same_pass']:.2f}", flush=True)
+            runs.append({"gen": gen, "batch": batch, "prompts": len(pairs), "rows": rows,
+                         "real": real_quality(judge, tok, pairs)})
+    return runs
 
 
 def task_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -296,95 +322,56 @@ def task_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def task_report(rows: list[dict[str, Any]], ckpt: Path) -> str:
-    ref = rows[0]
-    body = [[r["name"], f"{r['tok_s']:,.1f}", f"{r['tok_s'] / ref['tok_s']:.2f}x", f"{r['forwards']:.2f}",
-             f"{r['accuracy']:.3f} ({r['solved']}/{r['n']})", ratio(r["accuracy"], ref["accuracy"])] for r in rows]
-    headers = ["setting", "tokens/s", "speedup", "forward passes / puzzle", "exact accuracy", "accuracy / ref"]
-    return (f"## Task accuracy: 4x4 Sudoku\n\nThe Sudoku MDM of `benchmarks/planning.py` (`{ckpt}`), d1's 500 test "
-            f"puzzles one at a time, answer = 16 digits + end of turn + EOS in one block, steps = 18, "
-            f"temperature 0. Exact = a valid grid that keeps every given.\n\n{table(headers, body)}\n")
-
-
-# ----------------------------------------------------------------------------- report
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.3f}" if b else "n/a"
-
-
-def report(args: argparse.Namespace, results: dict[int, list[dict[str, Any]]], info: dict[str, Any]) -> str:
-    sections = []
-    for gen, rows in results.items():
-        real, ref = rows[0], rows[1]
-        body = []
-        for r in rows[1:]:
-            body.append([r["name"], f"{r['tok_s']:,.1f}", f"{r['wall_tok_s']:,.1f}", f"{r['tok_s'] / ref['tok_s']:.2f}x",
-                         f"{r['forwards']:.0f}",
-                         f"{gen / r['forwards']:.2f}", f"{r['ppl']:.2f}", ratio(r["ppl"], ref["ppl"]),
-                         f"{r['entropy']:.3f}", ratio(r["entropy"], ref["entropy"])])
-        body.append([real["name"], "", "", "", "", "", f"{real['ppl']:.2f}", ratio(real["ppl"], ref["ppl"]),
-                     f"{real['entropy']:.3f}", ratio(real["entropy"], ref["entropy"])])
-        headers = ["setting", "tokens/s", "wall tokens/s", "speedup", "forward passes", "tokens/pass", "judge ppl", "ppl / ref",
-                   "unigram H (bits)", "H / ref"]
-        n = len(rows) - 1
-        fastest = max(rows[1:], key=lambda r: r["tok_s"])
-        within = [r for r in rows[1:] if r["ppl"] <= 1.05 * ref["ppl"]]  # the issue's quality bound
-        best = max(within, key=lambda r: r["tok_s"])  # the reference itself is always within
-        samples = "\n\n".join(f"**{r['name']}**:\n\n```text\n{r['sample'][:300]}\n```" for r in rows[1:])
-        sections.append(f"## gen_length {gen}\n\n{table(headers, body)}\n\n"
-                        f"{n} settings; fastest: {fastest['name']}, {fastest['tok_s'] / ref['tok_s']:.2f}x the "
-                        f"reference at judge perplexity ratio {ratio(fastest['ppl'], ref['ppl'])}; fastest within "
-                        f"5% of the reference's perplexity: {best['name']}, {best['tok_s'] / ref['tok_s']:.2f}x.\n\n"
-                        f"<details><summary>first sample of each setting (300 chars)</summary>\n\n{samples}\n\n"
-                        f"</details>")
-    return f"""# sampling
-
-Fast sampling (issue 5): the LLaDA reference setting (low_confidence, steps = gen_length, block
-{BLOCK}, no cache) against the other remasking rules, threshold parallel decoding, Fast-dLLM's
-prefix and dual K/V caches, and cache + threshold. {args.note}
-
-- command: `{command_line()}`
-- date: {date()}
-- machine: {machine()}, {args.threads} thread(s); device {args.device}, dtype {args.dtype}, compile {args.compile}
-- MDM: {info['mdm']}
-- AR judge: {info['judge']}
-- data: {info['data']}
-- decoding: one prompt at a time (batch 1) of {args.prompt_length} tokens from the validation split,
-  temperature 0, early exit off. tokens/s = generated tokens / seconds of `generate`: on CPU the
-  process's CPU seconds (one thread, so this is what an idle core gives; the shared machine's
-  load makes wall time swing, shown as "wall tokens/s"), on GPU wall seconds after
-  synchronising. speedup = tokens/s / the reference's, same run. Forward passes include the
-  cheap cached-window passes (a dual-cache pass runs 32 columns, not the whole canvas).
-- quality: judge ppl = exp(mean NLL per generated character) under the AR judge, each character
-  seeing at least half the judge's window of context; unigram H = entropy of each sample's
-  character histogram (bits), averaged. Ratios to the reference: the issue's goal is within 5%.
-  The last row scores the real text that follows each prompt, for scale.
-
-{chr(10).join(sections)}
-"""
-
-
-def main() -> None:
-    args = parse_args()
-    if args.worker:
-        worker(args)
-        return
-    torch.set_num_threads(args.threads)
-    from remask.checkpoint import load_model
+def prepare_corpus(args: argparse.Namespace, work: Path) -> str:
+    """Tokenise ``--corpus`` into ``work/data`` (once: a kept --work-dir reuses it) -> the report's data line."""
     from remask.data.prepare import prepare
-    from remask.data.shards import TokenData
     from remask.data.tokenizer import ByteTokenizer
 
-    if args.train_only and args.work_dir is None:
-        raise SystemExit("--train-only needs --work-dir (where the checkpoints stay)")
-    text_file = dataset(args.data, SHAKESPEARE, optional=True)  # None: the built-in corpus
-    if args.sudoku is not None:
-        dataset(args.data, SUDOKU_COUNTDOWN)  # a missing test set ends here, before any training
+    described = work / "data.txt"
+    if (work / "data" / "meta.json").is_file() and described.is_file():  # a kept --work-dir
+        return described.read_text()
+    if args.corpus == "tinystories":
+        from tinystories import TINYSTORIES, prepare_stories
+
+        tok, meta = prepare_stories(dataset(args.data, TINYSTORIES), work, args.vocab_size, VAL_FRACTION)
+        what = f"TinyStories train head, one story per document, byte-level BPE of {tok.vocab_size} tokens"
+    else:
+        text_file = dataset(args.data, SHAKESPEARE, optional=True)  # None: the built-in corpus
+        meta = prepare([text_file] if text_file else None, work / "data", ByteTokenizer(), val_fraction=VAL_FRACTION)
+        what = f"{text_file.name if text_file else 'built-in corpus'}, byte tokens"
+    splits = meta["splits"]
+    described.write_text(f"{what}; {splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens")
+    return described.read_text()
+
+
+def best_or_final(run: Path) -> Path:
+    """RUN/best (the best validation) when the run kept one, else RUN's final checkpoint."""
+    return run / "best" if (run / "best").is_dir() else run
+
+
+def describe(m: Any, r: dict[str, Any] | None) -> str:
+    c = m.cfg
+    s = (f"d_model {c.d_model}, {c.n_layer} layers, {c.n_head} heads, max_seq_len {c.max_seq_len}, "
+         f"{m.num_params():,} parameters")
+    return s + (f"; trained {r['step']} steps in {r['elapsed_s']:.0f}s on {r.get('seq_len', '?')}-token "
+                f"windows, final val loss {r['val_loss']:.3f} nats/token" if r else "; given checkpoint")
+
+
+def result_of(ckpt: Path) -> dict[str, Any] | None:
+    """The result.json sampling.py's training wrote beside a run (RUN/.. or, for RUN/best, RUN/../..)."""
+    for where in (ckpt.parent, ckpt.parent.parent):
+        if (where / "result.json").is_file():
+            return json.loads((where / "result.json").read_text())
+    return None
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (unless --ckpt and --judge are given), then sample -> the results sampling_report reads."""
+    from remask.checkpoint import load_model
+    from remask.data.shards import TokenData
+
     with work_dir(args.work_dir, "remask-sampling-") as work:
-        inputs = [text_file] if text_file is not None else None  # None: the built-in corpus
-        meta = prepare(inputs, work / "data", ByteTokenizer(), val_fraction=0.1)
-        data_line = (f"{text_file.name if inputs else 'built-in corpus'}, byte tokens, "
-                     f"{meta['splits']['train']['tokens']:,} train / {meta['splits']['val']['tokens']:,} val")
+        data_line = prepare_corpus(args, work)
         trained: dict[str, dict[str, Any]] = {}
         if args.ckpt is None or args.judge is None:
             t0 = time.perf_counter()
@@ -394,29 +381,55 @@ def main() -> None:
                 f"{o} {r['step']} steps val {r['val_loss']:.3f}" for o, r in trained.items()), flush=True)
             if args.train_only:
                 print(f"checkpoints: {work / 'mdm' / 'run'} and {work / 'ar' / 'run'}")
-                return
-        model, tok = load_model(args.ckpt or work / "mdm" / "run", args.device)
-        judge, _ = load_model(args.judge or work / "ar" / "run", args.device)
+                return {}
+        mdm_path, judge_path = args.ckpt or work / "mdm" / "run", args.judge or best_or_final(work / "ar" / "run")
+        model, tok = load_model(mdm_path, args.device)
+        judge, _ = load_model(judge_path, args.device)
         need = args.prompt_length + max(args.gen_lengths)
-        trained = trained or {o: json.loads(f.read_text()) for o, f in
-                              (("mdm", args.ckpt.parent / "result.json"), ("ar", args.judge.parent / "result.json"))
-                              if f.is_file()}
         if model.cfg.max_seq_len < need:
             raise SystemExit(f"--ckpt has max_seq_len {model.cfg.max_seq_len} < prompt + gen = {need}")
+        meta = {"commands": [command_line()], "date": date(), "note": args.note, "block": BLOCK,
+                "machine": f"{machine()}, {args.threads} thread(s); device {args.device}, dtype {args.dtype}, "
+                           f"compile {args.compile}",
+                "mdm": describe(model, trained.get("mdm") or result_of(mdm_path)),
+                "judge": describe(judge, trained.get("ar") or result_of(judge_path))
+                + ("; the judge is RUN/best, its best validation" if judge_path.name == "best" else ""),
+                "data": data_line, "prompt_length": args.prompt_length,
+                "prompt_source": "the starts of held-out stories" if args.corpus == "tinystories"
+                else "evenly spaced offsets"}
+        return {"meta": meta, "runs": benchmark(args, model, judge, tok, TokenData(work / "data", "val"))}
 
-        def describe(m: Any, r: dict[str, Any] | None) -> str:
-            c = m.cfg
-            s = (f"d_model {c.d_model}, {c.n_layer} layers, {c.n_head} heads, max_seq_len {c.max_seq_len}, "
-                 f"{m.num_params():,} parameters")
-            return s + (f"; trained {r['step']} steps in {r['elapsed_s']:.0f}s on {r.get('seq_len', '?')}-token "
-                        f"windows, val loss {r['val_loss']:.3f} nats/char" if r else "; given checkpoint")
 
-        info = {"mdm": describe(model, trained.get("mdm")), "judge": describe(judge, trained.get("ar")),
-                "data": data_line}
-        results = benchmark(args, model, judge, tok, TokenData(work / "data", "val"))
-    text = report(args, results, info)
+def merged(paths: list[Path]) -> dict[str, Any]:
+    """The runs of several --json files, in order, under the first one's description (commands: all)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    meta = {**parts[0]["meta"], "commands": [c for p in parts for c in p["meta"]["commands"]] + [command_line()]}
+    return {"meta": meta, "runs": [r for p in parts for r in p["runs"]]}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.prompt_length is None:
+        args.prompt_length = 32 if args.corpus == "tinystories" else 64
+    if args.worker:
+        worker(args)
+        return
+    torch.set_num_threads(args.threads)
+    if args.train_only and args.work_dir is None:
+        raise SystemExit("--train-only needs --work-dir (where the checkpoints stay)")
     if args.sudoku is not None:
-        text += "\n" + task_report(task_benchmark(args), args.sudoku)
+        dataset(args.data, SUDOKU_COUNTDOWN)  # a missing test set ends here, before any training
+    results = merged(args.from_json) if args.from_json else measure(args)
+    if not results:
+        return
+    if args.json:
+        write_atomic(args.json, json.dumps(results, indent=1))
+    text = sampling_report.report(results)
+    if args.sudoku is not None:
+        text += "\n" + sampling_report.task_report(task_benchmark(args), str(args.sudoku))
+    if args.figure:
+        text += f"\n![speedup against quality]({args.figure.name})\n"
+        print(f"wrote {sampling_report.figure(results, args.figure)}")
     publish(text, args.results)
 
 

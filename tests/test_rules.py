@@ -23,6 +23,7 @@ from remask.sampling import (
 
 MASK, EOS = 30, 31
 INF = float("-inf")
+KNOBS = SampleConfig(gen_length=1)  # the rules' defaults: threshold 0.9, factor 1, low threshold 0.4
 
 
 def _logits(*rows: list[float]) -> Tensor:
@@ -61,20 +62,20 @@ def test_every_rule_has_one_signature():
     conf = torch.tensor([[0.95, 0.2, INF, 0.91, 0.5], [0.1, 0.3, 0.2, INF, INF]])
     budget = torch.tensor([1, 2])
     for name, rule in RULES.items():
-        commit = rule(conf, budget, 0.9)
+        commit = rule(conf, budget, KNOBS)
         assert commit.shape == conf.shape and commit.dtype == torch.bool, name
         assert not (commit & (conf == INF)).any(), name
         assert (commit.sum(-1) >= budget).all(), name
     # top-k: exactly the budget, best first
-    assert RULES["low_confidence"](conf, budget, 0.9).tolist() == [[True, False, False, False, False],
+    assert RULES["low_confidence"](conf, budget, KNOBS).tolist() == [[True, False, False, False, False],
                                                                     [False, True, True, False, False]]
     # threshold: everything >= 0.9, and never fewer than the budget
-    assert above_threshold(conf, budget, 0.9).tolist() == [[True, False, False, True, False],
+    assert above_threshold(conf, budget, KNOBS).tolist() == [[True, False, False, True, False],
                                                             [False, True, True, False, False]]
     # a zero budget still commits one (progress), but never a non-candidate
     none_left = torch.full((1, 3), INF)
-    assert above_threshold(torch.tensor([[0.1, 0.4, 0.2]]), torch.tensor([0]), 0.9).tolist() == [[False, True, False]]
-    assert not above_threshold(none_left, torch.tensor([1]), 0.9).any()
+    assert above_threshold(torch.tensor([[0.1, 0.4, 0.2]]), torch.tensor([0]), KNOBS).tolist() == [[False, True, False]]
+    assert not above_threshold(none_left, torch.tensor([1]), KNOBS).any()
 
 
 def test_demote_keeps_real_scores_and_blocks_the_threshold():
@@ -83,7 +84,7 @@ def test_demote_keeps_real_scores_and_blocks_the_threshold():
     order = demote(conf, last)
     assert order[0, 1] == 0.5 and order[0, 2] == 0.97 and order[0, 3] == INF
     assert order[0, 0] < 0 and order.argsort(descending=True)[0, :3].tolist() == [2, 1, 0]
-    assert above_threshold(order, torch.tensor([1]), 0.9).tolist() == [[False, False, True, False]]
+    assert above_threshold(order, torch.tensor([1]), KNOBS).tolist() == [[False, False, True, False]]
 
 
 class Columns(nn.Module):

@@ -323,11 +323,12 @@ def test_config_errors():
         SampleConfig(gen_length=64, block_length=30)
     with pytest.raises(RemaskError, match=r"--steps 10 .*--block-length 16.*try --steps 12"):
         SampleConfig(gen_length=64, block_length=16, steps=10)
-    with pytest.raises(RemaskError, match="entropy, low_confidence, margin, random, threshold"):
+    with pytest.raises(RemaskError, match="entropy, factor, hierarchy, low_confidence, margin, random, threshold"):
         SampleConfig(remasking="nope")
     for bad in (dict(temperature=-1.0), dict(steps=0), dict(gen_length=0), dict(cfg_scale=-1.0),
                 dict(threshold=0.0), dict(threshold=1.5), dict(cache="full"), dict(confidence="nope"),
-                dict(dtype="fp16")):
+                dict(dtype="fp16"), dict(factor=0.0), dict(low_threshold=1.0), dict(low_threshold=-0.1),
+                dict(credit=-1.0), dict(credit_decay=1.5), dict(credit_boost=0.0)):
         with pytest.raises(RemaskError):
             SampleConfig(**bad)
     assert set(RULES) >= {"low_confidence", "random", "margin", "entropy", "threshold"}

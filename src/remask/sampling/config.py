@@ -49,7 +49,8 @@ class SampleConfig(DecodeConfig):
     block_length: int | None = option("semi-autoregressive block length; must divide gen_length (None: one block)",
                                       None)
     remasking: str = option("which masked tokens to commit each step: low_confidence (LLaDA), margin, entropy, "
-                            "random, or threshold (parallel decoding)", "low_confidence", choices=tuple(RULES))
+                            "random, or a parallel rule: threshold, factor (Fast-dLLM) or hierarchy (dInfer)",
+                            "low_confidence", choices=tuple(RULES))
     cfg_scale: float = option("classifier-free guidance weight w (0: off; >0 doubles the forward passes)", 0.0)
     logits_eos_inf: bool = option("never generate EOS/EOT: their logits are set to -inf", False)
     confidence_eos_eot_inf: bool = option("commit EOS/EOT predictions only after every other token of the block",
@@ -57,7 +58,17 @@ class SampleConfig(DecodeConfig):
     confidence: str | None = option("confidence measure: low_confidence, margin, entropy or random "
                                     "(None: the rule's namesake; low_confidence for threshold)", None,
                                     choices=tuple(CONFIDENCES))
-    threshold: float = option("remasking=threshold: commit every masked token whose confidence >= this", 0.9)
+    threshold: float = option("remasking=threshold or hierarchy: commit every masked token whose confidence >= this",
+                              0.9)
+    factor: float = option("remasking=factor: commit the n surest tokens while (n + 1)(1 - confidence of the n-th) "
+                           "< this (Fast-dLLM's factor rule; larger: more tokens per step)", 1.0)
+    low_threshold: float = option("remasking=hierarchy: the surest token of each run of adjacent masks is committed "
+                                  "only if its confidence > this (dInfer's low threshold)", 0.4)
+    credit: float = option("credit decoding: weight of the credit a masked position earns by predicting the same "
+                           "token step after step, added to its logits as weight * log(1 + credit) (0: off)", 0.0)
+    credit_decay: float = option("credit decoding: the credit kept from one step to the next", 0.8)
+    credit_boost: float = option("credit decoding: each step adds p ** this to the top-1 token's credit "
+                                 "(p its probability; < 1 lifts unsure tokens)", 0.2)
     cache: str = option("approximate K/V cache: none (exact), prefix, or dual (prefix and suffix)", "none",
                         choices=CACHE_MODES)
     cache_refresh: int = option("with a cache: also recompute the whole canvas every this many steps of a block "
@@ -93,6 +104,11 @@ class SampleConfig(DecodeConfig):
               f"{', '.join(sorted(CONFIDENCES))}")
         check(0 < self.threshold <= 1, f"--threshold must be in (0, 1] (confidences are probabilities), "
                                        f"got {self.threshold}")
+        check(self.factor > 0, f"--factor must be positive, got {self.factor}")
+        check(0 <= self.low_threshold < 1, f"--low-threshold must be in [0, 1), got {self.low_threshold}")
+        check(self.credit >= 0, f"--credit must be >= 0 (0 turns credit decoding off), got {self.credit}")
+        check(0 <= self.credit_decay <= 1, f"--credit-decay must be in [0, 1], got {self.credit_decay}")
+        check(self.credit_boost > 0, f"--credit-boost must be positive, got {self.credit_boost}")
         check(self.cache in CACHE_MODES, f"--cache {self.cache!r} is not a cache mode; choose one of: "
                                          f"{', '.join(CACHE_MODES)}")
         check(self.dtype in DTYPES, f"--dtype {self.dtype!r} must be one of: {', '.join(DTYPES)}")

@@ -12,7 +12,9 @@ mask tokens. The generated region is cut into blocks of ``block_length``, filled
    Gumbel-max above);
 3. a confidence measure (``rules.CONFIDENCES``) scores them and a rule (``rules.RULES``)
    commits the schedule's number (``schedule.num_transfer_tokens``) with the highest scores, or,
-   for ``threshold``, every one at least that sure; the rest stay masked ("remasked").
+   for the parallel rules (``threshold``, ``factor``, ``hierarchy``), as many as they judge safe;
+   the rest stay masked ("remasked"). Credit decoding (``credit.py``) may first add to the logits
+   the credit each position has earned by predicting the same token step after step.
 
 Committed and prompt tokens never change again, unless ReMDM-style re-masking is on
 (``remask_committed``, see ``remdm.py``): then a doubtful token committed earlier in the current
@@ -37,6 +39,7 @@ from remask.config import check
 from remask.model import check_context, check_vocab, model_device
 from remask.sampling.cache import BlockForward
 from remask.sampling.config import SampleConfig
+from remask.sampling.credit import accrue, fuse
 from remask.sampling.remdm import pick_remasks, remaskable
 from remask.sampling.rules import CONFIDENCES, NEG_INF, RULES, Confidence, Rule, demote, measure_name, top_k
 from remask.sampling.schedule import num_transfer_tokens
@@ -135,6 +138,7 @@ class _Block:
     end: int
     schedule: Tensor  # (B, steps_per_block) tokens to commit per step; ReMDM adds the ones it re-masks
     held: Tensor  # (B, W) committed by this block's rule so far (ReMDM)
+    credit: Tensor | None = None  # (B, W, V) credit decoding's trace (credit.py); None before the first step
 
 
 @torch.inference_mode()
@@ -265,8 +269,11 @@ def _step(run: _Run, block: _Block, i: int, logits: Tensor, committed: Tensor) -
     """
     start, end = block.start, block.end
     xb, mb = run.x[:, start:end], run.masked[:, start:end]  # (B, W)
+    if run.cfg.credit > 0:  # credit decoding: a token predicted step after step gains weight (credit.py)
+        block.credit = accrue(block.credit, logits, mb, decay=run.cfg.credit_decay, boost=run.cfg.credit_boost)
+        logits = fuse(logits, block.credit, run.cfg.credit)  # (B, W, V)
     x0, confidence, order = _draw(run, logits, xb, mb)  # (B, W) each
-    commit = run.rule(order, block.schedule[:, i], run.cfg.threshold)  # (B, W)
+    commit = run.rule(order, block.schedule[:, i], run.cfg)  # (B, W)
     remasked = torch.zeros_like(run.masked)  # (B, L)
     left = run.planned[block.index] - 1 - i  # steps of this block after this one
     if run.cfg.remask_committed > 0 and left > 0:  # ReMDM: doubt earlier commits, on the same logits, before writing

@@ -16,13 +16,24 @@ decide which:
 
 * a **rule** (``RULES``) turns scores into commits; every rule has one signature:
 
-      rule(confidence (B, L), budget (B,) long, threshold float) -> commit (B, L) bool
+      rule(confidence (B, L), budget (B,) long, knobs) -> commit (B, L) bool
 
-  ``budget`` is the schedule's token count for this step (``schedule.num_transfer_tokens``).
-  The rules named after a measure commit exactly the ``budget`` best candidates of each row
-  with that measure. ``threshold`` is parallel decoding (Wu et al. 2025, Fast-dLLM, section
-  3.3): it commits every candidate whose confidence reaches the threshold, and never fewer
-  than the budget (at least one), with any measure (``SampleConfig.confidence``).
+  ``budget`` is the schedule's token count for this step (``schedule.num_transfer_tokens``);
+  ``knobs`` is anything with the ``Knobs`` attributes (a ``SampleConfig``). The rules named after
+  a measure commit exactly the ``budget`` best candidates of each row with that measure. The
+  parallel rules commit as many as they judge safe, never fewer than the budget (at least one),
+  with any measure (``SampleConfig.confidence``):
+
+  - ``threshold`` (Wu et al. 2025, Fast-dLLM, section 3.3): every candidate at least
+    ``knobs.threshold`` sure;
+  - ``factor`` (Fast-dLLM's factor-based rule): the n most confident, n the largest count whose
+    n-th best confidence c_(n) still satisfies (n + 1)(1 - c_(n)) < ``knobs.factor``, so the more
+    tokens go at once, the surer the least sure of them must be;
+  - ``hierarchy`` (dInfer, Ma et al. 2025, hierarchical decoding): the most confident candidate of
+    every run of adjacent candidates, if above ``knobs.low_threshold``, plus every candidate at
+    least ``knobs.threshold`` sure. Commits land apart, in different runs, so neighbours that
+    depend on each other are not fixed by one pass; each commit splits its run, so the number per
+    step grows as the block fills.
 
 Adding a rule is a function and one line in each registry it belongs to.
 """
@@ -30,12 +41,22 @@ Adding a rule is a function and one line in each registry it belongs to.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
+
+class Knobs(Protocol):
+    """What the rules read of their settings (``SampleConfig`` declares each, with its help and default)."""
+
+    threshold: float
+    factor: float
+    low_threshold: float
+
+
 Confidence = Callable[[Tensor, Tensor, Tensor, torch.Generator | None], Tensor]
-Rule = Callable[[Tensor, Tensor, float], Tensor]
+Rule = Callable[[Tensor, Tensor, Knobs], Tensor]
 
 NEG_INF = float("-inf")
 
@@ -116,19 +137,57 @@ def select_topk(confidence: Tensor, k: Tensor) -> Tensor:
     return (ranks(confidence) < k[:, None]) & (confidence > NEG_INF)  # (B, L)
 
 
-def top_k(confidence: Tensor, budget: Tensor, threshold: float) -> Tensor:
-    """Commit exactly ``budget`` candidates per row, the highest scores first (``threshold`` unused)."""
+def top_k(confidence: Tensor, budget: Tensor, knobs: Knobs) -> Tensor:
+    """Commit exactly ``budget`` candidates per row, the highest scores first (``knobs`` unused)."""
     return select_topk(confidence, budget)
 
 
-def above_threshold(confidence: Tensor, budget: Tensor, threshold: float) -> Tensor:
-    """Commit every candidate scoring >= ``threshold``, plus the best ``max(budget, 1)`` of each row.
+def above_threshold(confidence: Tensor, budget: Tensor, knobs: Knobs) -> Tensor:
+    """Commit every candidate scoring >= ``knobs.threshold``, plus the best ``max(budget, 1)`` of each row.
 
     The floor keeps progress (one token per step at least) and, with fewer steps than masks,
     still finishes the block within its steps. No host sync: pure tensor ops.
     """
-    sure = (confidence >= threshold) & (confidence > NEG_INF)  # (B, L)
+    sure = (confidence >= knobs.threshold) & (confidence > NEG_INF)  # (B, L)
     return sure | select_topk(confidence, budget.clamp_min(1))
+
+
+def factor_rule(confidence: Tensor, budget: Tensor, knobs: Knobs) -> Tensor:
+    """Fast-dLLM's factor-based parallel decoding: commit the n most confident candidates of each row,
+    n the length of the leading run of c_(i) >= 1 - f / (i + 1) over the confidences sorted
+    c_(1) >= c_(2) >= ... (f = ``knobs.factor``), and never fewer than ``max(budget, 1)``.
+
+    Wu et al. 2025 (Fast-dLLM, Theorem 1 and its factor rule): greedy decoding of n tokens from their
+    marginals agrees with the joint when each is sure enough, and the bar rises with n; the rule's
+    (n + 1)(1 - c_(n)) < f makes it concrete. The best candidate always passes.
+    """
+    best = confidence.sort(dim=-1, descending=True).values  # (B, L) c_(1) >= c_(2) >= ...
+    i = torch.arange(1, best.shape[-1] + 1, device=best.device, dtype=best.dtype)  # (L,) 1-based rank
+    passes = (best >= 1 - knobs.factor / (i + 1)) & (best > NEG_INF)  # (B, L)
+    passes[:, 0] = True
+    n = passes.long().cumprod(-1).sum(-1)  # (B,) leading run of passes
+    return select_topk(confidence, torch.maximum(n, budget.clamp_min(1)))
+
+
+def hierarchy_rule(confidence: Tensor, budget: Tensor, knobs: Knobs) -> Tensor:
+    """dInfer's hierarchical decoding: in each row, the best candidate of every run of adjacent candidates
+    that scores above ``knobs.low_threshold``, every candidate >= ``knobs.threshold``, and at least the
+    best ``max(budget, 1)``.
+
+    Runs are maximal stretches of consecutive candidate columns (B, L): a commit inside a run splits
+    it in two, so one step commits at most one token per run and neighbours wait for the next pass.
+    Ties within a run commit all tied positions (exact float ties between distinct tokens are rare).
+    """
+    candidate = confidence > NEG_INF  # (B, L)
+    before = torch.nn.functional.pad(candidate[:, :-1], (1, 0))  # (B, L) the left neighbour is a candidate
+    run = (candidate & ~before).long().cumsum(-1)  # (B, L) 1, 2, ... per run of candidates (0 before the first)
+    lowest = torch.finfo(confidence.dtype).min
+    scores = torch.where(candidate, confidence, lowest)  # (B, L) finite, so amax ignores non-candidates
+    B, L = scores.shape
+    peak = scores.new_full((B, L + 1), lowest).scatter_reduce(-1, run, scores, reduce="amax")  # (B, L + 1) per run id
+    best = candidate & (scores == peak.gather(-1, run)) & (confidence > knobs.low_threshold)  # (B, L)
+    sure = candidate & (confidence >= knobs.threshold)
+    return best | sure | select_topk(confidence, budget.clamp_min(1))
 
 
 RULES: dict[str, Rule] = {
@@ -137,6 +196,8 @@ RULES: dict[str, Rule] = {
     "margin": top_k,
     "entropy": top_k,
     "threshold": above_threshold,
+    "factor": factor_rule,
+    "hierarchy": hierarchy_rule,
 }
 
 

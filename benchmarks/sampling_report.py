@@ -1,0 +1,164 @@
+"""sampling.py's report: a table per gen length and batch size, the Sudoku table, and the speed-quality figure.
+
+Everything here reads the JSON sampling.py saves (``--json``), so a report or a figure can be drawn again,
+or several runs (e.g. gen 256 and gen 1024 measured in two processes) merged, without sampling again
+(``--from-json``). Speedups are always against the reference measured in the same run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from common import table
+
+QUALITY_SLACK = 0.05  # the issue's bound: within 5% of the reference's quality
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}" if b and not math.isnan(a) and not math.isnan(b) else "n/a"
+
+
+def within(r: dict[str, Any], ref: dict[str, Any]) -> bool:
+    """Quality within 5% of the reference on every measure: judge perplexity at most 1.05x, distinct
+    bigrams and whole-sentence endings at least 0.95x (a measure the reference scores 0 on is skipped)."""
+    return (r["ppl"] <= (1 + QUALITY_SLACK) * ref["ppl"]
+            and not r["bigrams"] < (1 - QUALITY_SLACK) * ref["bigrams"]
+            and not r["endings"] < (1 - QUALITY_SLACK) * ref["endings"])
+
+
+def run_section(run: dict[str, Any]) -> str:
+    gen, rows, real = run["gen"], run["rows"], run["real"]
+    ref = rows[0]
+    headers = ["setting", "tokens/s", "speedup", "passes", "tokens/pass", "judge ppl", "ppl / ref",
+               "distinct bigrams", "whole-sentence endings", "neighbours in one pass", "NLL together / alone"]
+    body = []
+    for r in rows:
+        pair = (f"{r['nll_together']:.2f} / {r['nll_alone']:.2f}" if not math.isnan(r["nll_together"])
+                else f"- / {r['nll_alone']:.2f}")
+        body.append([r["name"] + (" ✓" if within(r, ref) else ""), f"{r['tok_s']:,.1f}",
+                     f"{r['tok_s'] / ref['tok_s']:.2f}x", f"{r['forwards']:.0f}", f"{r['tokens_per_pass']:.2f}",
+                     f"{r['ppl']:.2f}", ratio(r["ppl"], ref["ppl"]), f"{r['bigrams']:.3f}", f"{r['endings']:.2f}",
+                     f"{r['same_pass']:.2f}", pair])
+    body.append(["real continuation (judge scale)", "", "", "", "", f"{real['ppl']:.2f}", ratio(real["ppl"], ref["ppl"]),
+                 f"{real['bigrams']:.3f}", f"{real['endings']:.2f}", "", ""])
+    fastest = max(rows, key=lambda r: r["tok_s"])
+    best = max((r for r in rows if within(r, ref)), key=lambda r: r["tok_s"])  # the reference is always within
+    who = "one prompt at a time (batch 1)" if run["batch"] == 1 else f"one batch of {run['batch']} prompts"
+    samples = "\n\n".join(f"**{r['name']}**:\n\n```text\n{r['sample'][:300]}\n```" for r in rows)
+    return (f"## gen_length {gen}, {who}\n\n{run['prompts']} prompt(s). ✓ = within 5% of the reference on every "
+            f"quality measure.\n\n{table(headers, body)}\n\n{len(rows)} settings; fastest: {fastest['name']}, "
+            f"{fastest['tok_s'] / ref['tok_s']:.2f}x the reference at judge perplexity ratio "
+            f"{ratio(fastest['ppl'], ref['ppl'])}; fastest within 5% of the reference's quality: {best['name']}, "
+            f"{best['tok_s'] / ref['tok_s']:.2f}x.\n\n<details><summary>first sample of each setting (300 "
+            f"chars)</summary>\n\n{samples}\n\n</details>")
+
+
+def report(results: dict[str, Any]) -> str:
+    m = results["meta"]
+    commands = "\n".join(f"- command: `{c}`" for c in m["commands"])
+    sections = "\n\n".join(run_section(run) for run in results["runs"])
+    return f"""# sampling
+
+Fast sampling (issues 5 and 14): the LLaDA reference setting (low_confidence, steps = gen_length,
+block {m['block']}, no cache) against the other remasking rules, the parallel rules (threshold,
+Fast-dLLM's factor rule, dInfer's hierarchical decoding, credit decoding), Fast-dLLM's prefix and
+dual K/V caches, and caches + parallel rules. {m['note']}
+
+{commands}
+- date: {m['date']}
+- machine: {m['machine']}
+- MDM: {m['mdm']}
+- AR judge: {m['judge']}
+- data: {m['data']}
+- decoding: prompts of {m['prompt_length']} tokens from the held-out split ({m['prompt_source']}),
+  temperature 0, early exit off. tokens/s = generated tokens / seconds of `generate`: on CPU the
+  process's CPU seconds (one thread, so what an idle core gives; the shared machine's load makes
+  wall time swing), on GPU wall seconds after synchronising. speedup = tokens/s / the reference's,
+  same run. Passes are forward passes per `generate` call (a batch shares them); tokens/pass =
+  gen_length / passes, per row. A dual-cache pass runs the block's 32 columns, not the canvas.
+- quality (see sample_quality.py): judge ppl = exp(mean NLL per generated token) under the AR
+  judge; distinct bigrams = distinct / all word bigrams of a sample, averaged (repetition lowers
+  it); whole-sentence endings = share of samples whose text up to the first EOS (the story's end)
+  ends with . ! or ?; neighbours in one pass = share of adjacent generated tokens committed by the
+  same forward pass; NLL together / alone = the judge's mean NLL of tokens committed in the same
+  pass as a neighbour vs the others. The last row scores the real text after each prompt.
+
+{sections}
+"""
+
+
+def task_report(rows: list[dict[str, Any]], ckpt: str) -> str:
+    ref = rows[0]
+    body = [[r["name"], f"{r['tok_s']:,.1f}", f"{r['tok_s'] / ref['tok_s']:.2f}x", f"{r['forwards']:.2f}",
+             f"{r['accuracy']:.3f} ({r['solved']}/{r['n']})", ratio(r["accuracy"], ref["accuracy"])] for r in rows]
+    headers = ["setting", "tokens/s", "speedup", "forward passes / puzzle", "exact accuracy", "accuracy / ref"]
+    return (f"## Task accuracy: 4x4 Sudoku\n\nThe Sudoku MDM of `benchmarks/planning.py` (`{ckpt}`), d1's 500 test "
+            f"puzzles one at a time, answer = 16 digits + end of turn + EOS in one block, steps = 18, "
+            f"temperature 0. Exact = a valid grid that keeps every given.\n\n{table(headers, body)}\n")
+
+
+def family(overrides: dict[str, Any]) -> tuple[str, str]:
+    """(the rule's family, the cache) of a setting, for the figure's markers and colours."""
+    rule = overrides.get("remasking", "low_confidence")
+    if overrides.get("credit", 0) > 0:
+        rule = f"credit + {rule}"
+    elif overrides.get("remask_committed", 0) > 0:
+        rule = "ReMDM"
+    return rule, overrides.get("cache", "none")
+
+
+MARKERS = {"low_confidence": "*", "margin": "o", "entropy": "o", "random": "o", "ReMDM": "o", "threshold": "^",
+           "factor": "s", "hierarchy": "D"}
+CACHE_COLOURS = {"none": "C0", "prefix": "C1", "dual": "C2"}
+
+
+def figure(results: dict[str, Any], out: Path) -> Path:
+    """Speedup (log) against judge perplexity / reference, one panel per run, the frontier drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    runs = results["runs"]
+    cols = min(2, len(runs))
+    fig, axes = plt.subplots(-(-len(runs) // cols), cols, figsize=(7 * cols, 5.2 * -(-len(runs) // cols)),
+                             squeeze=False)
+    for ax, run in zip(axes.flat, runs):
+        ref = run["rows"][0]
+        pts = [(r["ppl"] / ref["ppl"], r["tok_s"] / ref["tok_s"], r) for r in run["rows"]]
+        for x, y, r in pts:
+            rule, cache = family(r["overrides"])
+            ax.scatter(x, y, marker=MARKERS.get(rule.split(" + ")[-1], "o"), s=60 if "credit" not in rule else 90,
+                       color=CACHE_COLOURS[cache], edgecolors="k" if "credit" in rule else "none", zorder=3)
+            ax.annotate(r["name"].replace("dual cache + ", "dual + "), (x, y), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        frontier, best = [], 0.0  # settings no other setting beats on both speed and perplexity
+        for x, y, _ in sorted(pts, key=lambda p: (p[0], -p[1])):
+            if y > best:
+                frontier.append((x, y))
+                best = y
+        ax.step(*zip(*frontier), where="post", color="0.5", linewidth=1, zorder=1)
+        ax.axvline(1 + QUALITY_SLACK, color="r", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xlabel("judge perplexity / reference's (lower is better; red: +5%)")
+        ax.set_ylabel("speedup over the LLaDA reference")
+        ax.set_title(f"gen_length {run['gen']}, batch {run['batch']}")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(runs):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], linestyle="", marker="o", color=c, label=f"cache: {k}")
+               for k, c in CACHE_COLOURS.items()]
+    handles += [plt.Line2D([], [], linestyle="", marker=mk, color="0.3", label=k)
+                for k, mk in MARKERS.items() if k not in ("margin", "entropy", "random", "ReMDM")]
+    handles.append(plt.Line2D([], [], linestyle="", marker="o", color="w", markeredgecolor="k",
+                              label="black edge: + credit"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
