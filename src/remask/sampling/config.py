@@ -61,7 +61,7 @@ class SampleConfig(DecodeConfig):
     threshold: float = option("remasking=threshold or hierarchy: commit every masked token whose confidence >= this",
                               0.9)
     factor: float = option("remasking=factor: commit the n surest tokens while (n + 1)(1 - confidence of the n-th) "
-                           "< this (Fast-dLLM's factor rule; larger: more tokens per step)", 1.0)
+                           "<= this (Fast-dLLM's factor rule; larger: more tokens per step)", 1.0)
     low_threshold: float = option("remasking=hierarchy: the surest token of each run of adjacent masks is committed "
                                   "only if its confidence > this (dInfer's low threshold)", 0.4)
     credit: float = option("credit decoding: weight of the credit a masked position earns by predicting the same "

@@ -27,9 +27,9 @@ decide which:
   - ``threshold`` (Wu et al. 2025, Fast-dLLM, section 3.3): every candidate at least
     ``knobs.threshold`` sure;
   - ``factor`` (Fast-dLLM's factor-based rule): the n most confident, n the largest count whose
-    n-th best confidence c_(n) still satisfies (n + 1)(1 - c_(n)) < ``knobs.factor``, so the more
+    n-th best confidence c_(n) still satisfies (n + 1)(1 - c_(n)) <= ``knobs.factor``, so the more
     tokens go at once, the surer the least sure of them must be;
-  - ``hierarchy`` (dInfer, Ma et al. 2025, hierarchical decoding): the most confident candidate of
+  - ``hierarchy`` (dInfer, arXiv 2510.08666, hierarchical decoding): the most confident candidate of
     every run of adjacent candidates, if above ``knobs.low_threshold``, plus every candidate at
     least ``knobs.threshold`` sure. Commits land apart, in different runs, so neighbours that
     depend on each other are not fixed by one pass; each commit splits its run, so the number per
@@ -159,7 +159,7 @@ def factor_rule(confidence: Tensor, budget: Tensor, knobs: Knobs) -> Tensor:
 
     Wu et al. 2025 (Fast-dLLM, Theorem 1 and its factor rule): greedy decoding of n tokens from their
     marginals agrees with the joint when each is sure enough, and the bar rises with n; the rule's
-    (n + 1)(1 - c_(n)) < f makes it concrete. The best candidate always passes.
+    (n + 1)(1 - c_(n)) <= f makes it concrete. The best candidate always passes.
     """
     best = confidence.sort(dim=-1, descending=True).values  # (B, L) c_(1) >= c_(2) >= ...
     i = torch.arange(1, best.shape[-1] + 1, device=best.device, dtype=best.dtype)  # (L,) 1-based rank
