@@ -43,7 +43,8 @@ def test_derived_fields_follow_their_source_unless_set():
     wide = apply_overrides(small, {"model.d_model": "384", "model.n_head": "8"})
     assert (wide.model.n_kv_head, wide.model.ffn_hidden) == (8, 1024)
     gqa = apply_overrides(small, {"model.n_kv_head": "2"})
-    assert (gqa.model.n_head, gqa.model.n_kv_head, gqa.model.ffn_hidden) == (6, 2, small.model.ffn_hidden)
+    assert (gqa.model.n_head, gqa.model.n_kv_head, gqa.model.ffn_hidden) == (small.model.n_head, 2,
+                                                                      small.model.ffn_hidden)
     fixed = apply_overrides(apply_overrides(small, {"model.ffn_hidden": "100"}), {"model.d_model": "384"})
     assert fixed.model.ffn_hidden == 100
     assert apply_overrides(small, {"train.batch_size": "32"}).train.micro_batch_size == 32
