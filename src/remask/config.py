@@ -196,7 +196,7 @@ def preset_small() -> RunConfig:
     The recipe is benchmarks/recipe.py's (BENCHMARKS.md, "Training recipe"): bf16 autocast where the
     CPU multiplies bf16 natively (``dtype`` auto) and compiled blocks, which together train 1.6x the
     tokens per second, and stratified t. LLaDA's objective is unchanged. d_model 128 trains 1.4x the
-    steps of d_model 192 in the same time and ends lower (1.940 vs 2.052 nats/byte, BENCHMARKS.md,
+    tokens per second of d_model 192 and ends lower (1.940 vs 2.052 nats/byte, BENCHMARKS.md,
     "Default run"); 3500 steps fit the 270 s budget with room, so steps, not the clock, end the run
     and ``--seed`` reproduces it.
     """
