@@ -393,6 +393,16 @@ def describe(m: Any, r: dict[str, Any] | None) -> str:
                 f"windows, final val loss {r['val_loss']:.3f} nats/token" if r else "; given checkpoint")
 
 
+def best_line(ckpt: Path) -> str:
+    """For a RUN/best checkpoint, the step and validation loss it was kept at (from its train_state.json)."""
+    state = ckpt / "train_state.json"
+    if ckpt.name != "best" or not state.is_file():
+        return ""
+    saved = json.loads(state.read_text())
+    return (f"; the judge is RUN/best, kept at step {saved.get('best_step')} with val loss "
+            f"{saved.get('best_val', float('nan')):.3f} nats/token")
+
+
 def result_of(ckpt: Path) -> dict[str, Any] | None:
     """The result.json sampling.py's training wrote beside a run (RUN/.. or, for RUN/best, RUN/../..)."""
     for where in (ckpt.parent, ckpt.parent.parent):
@@ -429,7 +439,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                            f"compile {args.compile}",
                 "mdm": describe(model, trained.get("mdm") or result_of(mdm_path)),
                 "judge": describe(judge, trained.get("ar") or result_of(judge_path))
-                + ("; the judge is RUN/best, its best validation" if judge_path.name == "best" else ""),
+                + best_line(judge_path),
                 "data": data_line, "prompt_length": args.prompt_length,
                 "prompt_source": "the starts of held-out stories" if args.corpus == "tinystories"
                 else "evenly spaced offsets"}
