@@ -21,7 +21,6 @@ The real validation text's figures (same length, same judge) are the reference r
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from common import command_line, date, machine, publish, table
-from sampling import judge_nll, unigram_entropy
+from sample_quality import distinct_pairs, judge_nll, unigram_entropy
 
 # name -> SampleConfig fields; the first is what remask train used before this benchmark.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -60,11 +59,10 @@ def scores(judge: torch.nn.Module, tok: Any, rows: list[list[int]]) -> dict[str,
     nll = count = space = 0.0
     distinct, entropy = [], []
     for ids in rows:
-        s, c = judge_nll(judge, [tok.eos_id, *ids], 1)
-        nll, count = nll + s, count + c
+        token_nll = judge_nll(judge, [tok.eos_id, *ids], 1)
+        nll, count = nll + sum(token_nll), count + len(token_nll)
         space += sum(tok.decode([i]).isspace() for i in ids)
-        pairs = list(itertools.pairwise(ids))
-        distinct.append(len(set(pairs)) / max(1, len(pairs)))
+        distinct.append(distinct_pairs(ids, empty=0.0))
         entropy.append(unigram_entropy(ids))
     n_tok = sum(len(r) for r in rows)
     return {"ppl": math.exp(nll / max(count, 1)), "space": space / max(n_tok, 1),

@@ -18,6 +18,7 @@ import itertools
 import math
 import re
 from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,11 +53,20 @@ def unigram_entropy(ids: list[int]) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
 
 
+def distinct_pairs(items: Sequence[Hashable], empty: float = math.nan) -> float:
+    """Distinct adjacent pairs / adjacent pairs of ``items`` (1.0: no pair repeats; ``empty`` without a pair)."""
+    pairs = list(itertools.pairwise(items))
+    return len(set(pairs)) / len(pairs) if pairs else empty
+
+
 def distinct_bigrams(text: str) -> float:
-    """Distinct word bigrams / word bigrams of ``text`` (1.0: no bigram repeats; nan without two words)."""
-    words = text.lower().split()
-    pairs = list(itertools.pairwise(words))
-    return len(set(pairs)) / len(pairs) if pairs else math.nan
+    """Distinct word bigrams / word bigrams of ``text`` (lower-cased, split on white space)."""
+    return distinct_pairs(text.lower().split())
+
+
+def story_of(ids: list[int], eos_id: int) -> list[int]:
+    """The ids up to the first EOS (the end of the story), or all of them."""
+    return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
 def whole_sentence(text: str) -> bool:

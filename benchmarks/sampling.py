@@ -65,7 +65,7 @@ from common import (
     write_atomic,
 )
 from remask.config import ModelConfig, RunConfig, TrainConfig
-from sample_quality import Quality, commit_steps, judge_nll
+from sample_quality import Quality, commit_steps, judge_nll, story_of
 
 BLOCK = 32
 CORPORA = ("shakespeare", "tinystories")
@@ -252,9 +252,9 @@ def run_setting(model: Any, judge: Any, tok: Any, pairs: list[tuple[list[int], l
         sure += [e.confidence for e in events]  # (B, L) each: the block's masked candidates, -inf elsewhere
         for r, (prompt, _) in enumerate(group):
             sample = out.tokens[r].tolist()
-            story = sample[:sample.index(tok.eos_id)] if tok.eos_id in sample else sample
             quality.add(judge_nll(judge, prompt + sample, len(prompt)),
-                        commit_steps(events, out.canvas.shape[1] - gen, gen, r), sample, tok.decode(story))
+                        commit_steps(events, out.canvas.shape[1] - gen, gen, r), sample,
+                        tok.decode(story_of(sample, tok.eos_id)))
             samples.append(tok.decode(sample, skip_special_tokens=True))
     return {"tok_s": len(pairs) * gen / clock.seconds, "wall_tok_s": len(pairs) * gen / clock.wall,
             "seconds": clock.wall, "forwards": forwards / len(groups),
@@ -292,13 +292,13 @@ def real_quality(judge: Any, tok: Any, pairs: list[tuple[list[int], list[int]]])
     """The same quality figures for the real text after each prompt (the judge's scale)."""
     quality = Quality()
     for prompt, real in pairs:
-        story = real[:real.index(tok.eos_id)] if tok.eos_id in real else real
-        quality.add(judge_nll(judge, prompt + real, len(prompt)), list(range(len(real))), real, tok.decode(story))
+        quality.add(judge_nll(judge, prompt + real, len(prompt)), list(range(len(real))), real,
+                    tok.decode(story_of(real, tok.eos_id)))
     return quality.figures()
 
 
 def benchmark(args: argparse.Namespace, model: Any, judge: Any, tok: Any, val: Any) -> list[dict[str, Any]]:
-    """Every configuration at every gen length, at batch 1 and (``--batch``) as one batch of prompts."""
+    """Every configuration at every gen length and ``--batches`` size (1: one prompt at a time; B: one batch)."""
     runs: list[dict[str, Any]] = []
     counts = (args.prompts + [args.prompts[-1]] * len(args.gen_lengths))[:len(args.gen_lengths)]
     story_eos = tok.eos_id if args.corpus == "tinystories" else None
