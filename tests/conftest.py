@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor, nn
 
 from remask.config import ModelConfig
 from remask.model import build_model
@@ -34,3 +35,15 @@ def text_corpus(tmp_path: Path) -> Path:
         lines = [" ".join(words[(i + j) % len(words):] + words[: (i + j) % len(words)]) for j in range(40)]
         (d / f"doc{i}.txt").write_text("\n".join(lines) + "\n")
     return d
+
+
+class Columns(nn.Module):
+    """Fixed logits per column (a (L, V) table)."""
+
+    def __init__(self, table: Tensor) -> None:
+        super().__init__()
+        self.table, self.calls = table, 0
+
+    def forward(self, idx: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        self.calls += 1
+        return self.table[: idx.shape[1]].expand(idx.shape[0], -1, -1)

@@ -7,9 +7,8 @@ import math
 
 import pytest
 import torch
-from torch import Tensor, nn
 
-from conftest import tiny_model_config
+from conftest import Columns, tiny_model_config
 from remask.model import build_model
 from remask.sampling import SampleConfig, StepEvent, factor_rule, generate, hierarchy_rule
 from remask.sampling.credit import accrue, fuse
@@ -95,17 +94,6 @@ def test_credit_trace_and_fusion_by_hand():
     fused = fuse(logits.index_fill(-1, torch.tensor([2]), INF), c2, 0.5)
     assert fused[0, 0, 0] == pytest.approx(2.0 + 0.5 * math.log1p(1.8 * float(p0) ** 0.2))
     assert fused[0, 1, 1] == 3.0 and fused[0, 0, 2] == INF  # no credit: unchanged; banned stays banned
-
-
-class Columns(nn.Module):
-    """Fixed logits per column (a (L, V) table)."""
-
-    def __init__(self, table: Tensor) -> None:
-        super().__init__()
-        self.table = table
-
-    def forward(self, idx: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        return self.table[: idx.shape[1]].expand(idx.shape[0], -1, -1)
 
 
 def test_credit_commits_a_steady_prediction_early():

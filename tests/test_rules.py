@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from conftest import tiny_model_config
+from conftest import Columns, tiny_model_config
 from remask.model import build_model
 from remask.sampling import (
     CONFIDENCES,
@@ -85,18 +85,6 @@ def test_demote_keeps_real_scores_and_blocks_the_threshold():
     assert order[0, 1] == 0.5 and order[0, 2] == 0.97 and order[0, 3] == INF
     assert order[0, 0] < 0 and order.argsort(descending=True)[0, :3].tolist() == [2, 1, 0]
     assert above_threshold(order, torch.tensor([1]), KNOBS).tolist() == [[False, False, True, False]]
-
-
-class Columns(nn.Module):
-    """Fixed logits per column (a (L, V) table)."""
-
-    def __init__(self, table: Tensor) -> None:
-        super().__init__()
-        self.table, self.calls = table, 0
-
-    def forward(self, idx: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        self.calls += 1
-        return self.table[: idx.shape[1]].expand(idx.shape[0], -1, -1)
 
 
 def test_threshold_commits_all_confident_tokens_in_parallel():
