@@ -125,6 +125,12 @@ def with_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
     return apply_overrides(cfg, pairs) if pairs else cfg
 
 
+def optimizer_label(overrides: Sequence[str]) -> str:
+    """How a report names the optimizer the --set overrides chose (TrainConfig's default: AdamW)."""
+    chosen = dict(o.split("=", 1) for o in overrides if "=" in o).get("train.optimizer", "adamw")
+    return "Muon (AdamW for embeddings, head, norms)" if chosen == "muon" else "AdamW"
+
+
 def add_worker_args(ap: argparse.ArgumentParser, name: str, kinds: Sequence[str] | None = KINDS) -> None:
     """--work-dir, --results (default results/NAME.md) and the hidden --worker of ``run_workers``
     (one of ``kinds``; None: any name)."""

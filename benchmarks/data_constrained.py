@@ -43,6 +43,7 @@ from common import (
     add_worker_args,
     barrier,
     dataset,
+    optimizer_label,
     progress_line,
     provenance,
     publish,
@@ -205,7 +206,7 @@ time in two processes with {args.threads} thread each), early stopping with pati
 validations (every {args.eval_interval} steps).
 
 - model: d_model {args.d_model}, {args.n_layer} layers, {args.n_head} heads, byte vocabulary; seq_len
-  {args.seq_len}, batch {args.batch_size}, AdamW peak LR {args.lr:g}, {args.warmup_steps} warmup steps, cosine
+  {args.seq_len}, batch {args.batch_size}, {optimizer_label(args.overrides)} peak LR {args.lr:g}, {args.warmup_steps} warmup steps, cosine
   decay following the time budget (`lr_clock=time`).
 - validation: {args.eval_batches * args.batch_size} fixed windows of the held-out 10%; MDM: ELBO bound (eq. 3)
   with {args.eval_mc} fixed mask draws per window, an upper bound on its NLL; AR: exact NLL. The best

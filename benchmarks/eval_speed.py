@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "train.txt"
         corpus.write_text(text[: -int(args.kb * 1024)], encoding="utf-8")
-        cfg = preset_small()  # the default run's 1.9M-parameter shape
+        cfg = preset_small()  # the default run's shape and recipe
         cfg.model.max_seq_len, cfg.train.seq_len = max(args.window, cfg.model.max_seq_len), args.window
         cfg.train.max_steps, cfg.train.time_budget, cfg.train.lr_clock = 100_000, args.train_seconds, "time"
         cfg.train.progress, cfg.train.samples, cfg.train.eval_batches, cfg.train.eval_interval = False, 0, 2, 0

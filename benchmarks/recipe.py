@@ -5,9 +5,10 @@
     python benchmarks/recipe.py --list                     # the arms and what each changes
     python benchmarks/recipe.py --minutes 0.2 --arms mdm/base ar/base   # quick end-to-end check
 
-Every arm trains the same starting recipe (``preset_small``'s model and batch: d_model 192, 4 layers,
-6 heads, batch 16 x 128 bytes, peak LR 3e-3, 50 warmup steps, cosine over the time budget with
-``lr_clock=time``, float32, iid t) with one lever changed, on char-level tinyshakespeare (byte
+Every arm trains the same starting recipe (``preset_small``'s model and batch: d_model 128, 4 layers,
+4 heads since 2026-12-01 21:00, d_model 192 and 6 heads before; batch 16 x 128 bytes, peak LR 3e-3,
+50 warmup steps, cosine over the time budget with ``lr_clock=time``; float32, uncompiled, iid t,
+AdamW) with one lever changed, on char-level tinyshakespeare (byte
 tokens, last 10% held out), for the same ``--minutes`` of training. Arms run two at a time in two
 processes with one thread each, so both of a pair see the same machine load; the two baselines
 (``mdm/base``, ``ar/base``) run first and every arm is compared with the baseline of its objective.
@@ -50,7 +51,9 @@ from common import (
 )
 from remask.config import RunConfig, apply_overrides, preset_small
 
-BASE_TRAIN = {"max_steps": 10**6, "lr_clock": "time", "dtype": "float32", "eval_interval": 250, "eval_batches": 4,
+# The starting recipe: preset_small's model and batch with the levers below switched off.
+BASE_TRAIN = {"max_steps": 10**6, "lr_clock": "time", "dtype": "float32", "compile": False, "t_sampling": "iid",
+              "optimizer": "adamw", "eval_interval": 250, "eval_batches": 4,
               "ckpt_interval": 0, "log_interval": 25, "progress": False, "samples": 0, "device": "cpu"}
 SPEED = {"train.dtype": "bfloat16", "train.compile": True}
 # arm -> (what it changes, overrides of the starting recipe); AR arms take the same lever where it applies.
@@ -71,6 +74,7 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "d128": ("d_model 128, 4 heads", {"model.d_model": 128, "model.n_head": 4}),
     "d256": ("d_model 256, 8 heads", {"model.d_model": 256, "model.n_head": 8}),
     "6-layers": ("6 layers", {"model.n_layer": 6}),
+    "muon": ("Muon on the blocks' matrices, AdamW on the rest", {"train.optimizer": "muon"}),
 }
 MDM_ONLY = ("stratified", "antithetic", "floor-0.1", "flat-weight", "from-ar")
 ARMS = [f"mdm/{k}" for k in LEVERS] + [f"ar/{k}" for k in LEVERS if k not in MDM_ONLY]

@@ -98,6 +98,13 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("dual cache + credit 0.7 + threshold 0.5", {**DUAL, "remasking": "threshold", "threshold": 0.5, "credit": 0.7}),
     ("dual cache + credit 0.7 + factor 3", {**DUAL, "remasking": "factor", "factor": 3.0, "credit": 0.7}),
     ("dual cache, refresh every 8 steps", {**DUAL, "cache_refresh": 8}),
+    # A full pass at every N-th block start only; the others refresh just the block before (cache_full_every).
+    *[(f"dual cache, full pass every {n} blocks", {**DUAL, "cache_full_every": n}) for n in (4, 16)],
+    *[(f"dual cache + hierarchy (0.7, low 0.1), full every {n}", {**DUAL, "remasking": "hierarchy", "threshold": 0.7,
+                                                                  "low_threshold": 0.1, "cache_full_every": n})
+      for n in (4, 16)],
+    ("dual cache + credit 0.7 + threshold 0.5, full every 4", {**DUAL, "remasking": "threshold", "threshold": 0.5,
+                                                               "credit": 0.7, "cache_full_every": 4}),
     ("ReMDM re-masking (k 1, below 0.5)", {"remask_committed": 1, "remask_below": 0.5}),
 ]
 # The Sudoku task model (planning.py --work-dir DIR keeps it as DIR/mdm-sudoku): the answer is one
@@ -450,6 +457,9 @@ def merged(paths: list[Path]) -> dict[str, Any]:
     """The runs of several --json files, in order, under the first one's description (commands: all)."""
     parts = [json.loads(p.read_text()) for p in paths]
     meta = {**parts[0]["meta"], "commands": [c for p in parts for c in p["meta"]["commands"]] + [command_line()]}
+    for p in parts:  # each run keeps its own setup (threads, dtype, compile) and date
+        for r in p["runs"]:
+            r.setdefault("setup", f"{p['meta']['machine']}; {p['meta']['date']}")
     return {"meta": meta, "runs": [r for p in parts for r in p["runs"]]}
 
 

@@ -67,7 +67,8 @@ def run_section(run: dict[str, Any]) -> str:
     timed = ref.get("tok_s_runs")
     bracket = (f" The reference was timed first and again last ({timed[0]:,.1f} and {timed[1]:,.1f} tokens/s); "
                f"speedups are against their mean." if timed else "")
-    return (f"## gen_length {gen}, {who}\n\n{run['prompts']} prompt(s). ✓ = within 5% of the reference's quality (judge "
+    setup = f"Measured on {run['setup']}. " if "setup" in run else ""
+    return (f"## gen_length {gen}, {who}\n\n{setup}{run['prompts']} prompt(s). ✓ = within 5% of the reference's quality (judge "
             f"perplexity, distinct bigrams; whole-sentence endings at most one sample fewer).{bracket}\n\n{table(headers, body)}\n\n{census}{len(rows)} settings; fastest: {fastest['name']}, "
             f"{fastest['tok_s'] / ref['tok_s']:.2f}x the reference at judge perplexity ratio "
             f"{ratio(fastest['ppl'], ref['ppl'])}; fastest within 5% of the reference's quality: {best['name']}, "
@@ -169,7 +170,8 @@ def figure(results: dict[str, Any], out: Path) -> Path:
             axis.set_minor_formatter(plain)
         ax.set_xlabel("judge perplexity / reference's (log; lower is better; red: +5%; labelled: the frontier)")
         ax.set_ylabel("speedup over the LLaDA reference")
-        ax.set_title(f"gen_length {run['gen']}, batch {run['batch']}")
+        compiled = ", compiled" if "compile True" in run.get("setup", "") else ""
+        ax.set_title(f"gen_length {run['gen']}, batch {run['batch']}{compiled}")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(runs):]:
         ax.axis("off")

@@ -98,7 +98,7 @@ def throughput(args: argparse.Namespace, extra: list[str], work: Path) -> str:
     data = corpus_dir(work)
     flags = {"preset": "small", "max-steps": args.warmup + args.steps, "train.log_interval": LOG_INTERVAL,
              "train.eval_interval": 0, "train.eval_batches": 1, "train.ckpt_interval": 0, "train.samples": 0,
-             "train.device": "cpu", "train.dtype": "float32"}
+             "train.device": "cpu", "train.dtype": "float32", "train.optimizer": "adamw"}  # FSDP2 shards matrices
     configs = [("1 process (baseline)", 1, cores, "ddp"), ("1 process, 1 thread", 1, 1, "ddp"),
                ("2 processes, DDP", 2, max(1, cores // 2), "ddp"), ("2 processes, FSDP2", 2, max(1, cores // 2), "fsdp")]
     windows: dict[str, list[float]] = {name: [] for name, *_ in configs}
@@ -241,7 +241,8 @@ def gpu(args: argparse.Namespace, extra: list[str], work: Path) -> str:
              **{f"train.{k}": v for k, v in batch_kw.items()},
              "max-steps": args.warmup + args.steps, "train.log_interval": LOG_INTERVAL, "train.eval_interval": 0,
              "train.eval_batches": 1, "train.ckpt_interval": 0, "train.samples": 0, "train.progress": "false",
-             "train.device": args.device, "train.dtype": args.dtype, "train.parallel": "fsdp", "train.lr": 3e-4}
+             "train.device": args.device, "train.dtype": args.dtype, "train.parallel": "fsdp", "train.lr": 3e-4,
+             "train.optimizer": "adamw"}
     # torchrun with one process: a process group of one, so FSDP2 shards (trivially) and casts as on many GPUs.
     windows = run_train(1, os.cpu_count() or 1, data, work / "run", flags, extra, warmup=args.warmup,
                         timeout=args.timeout, torchrun=True)

@@ -50,6 +50,7 @@ from common import (
     dataset,
     date,
     machine,
+    optimizer_label,
     progress_line,
     publish,
     run_workers,
@@ -188,7 +189,7 @@ processes ({args.threads} thread each). {label}.
 - machine: {machine()}; 1-minute load average {data_meta["load"][0]:.1f} at start, {data_meta["load"][1]:.1f} at
   end (both models share whatever load there is; it lowers the steps both reach)
 - model: d_model {args.d_model}, {args.n_layer} layers, {args.n_head} heads, {mdm["params"]:,} parameters
-  (byte vocabulary 264), seq_len {args.seq_len}, batch {args.batch_size}, AdamW peak LR {args.lr:g},
+  (byte vocabulary 264), seq_len {args.seq_len}, batch {args.batch_size}, {optimizer_label(args.overrides)} peak LR {args.lr:g},
   {args.warmup_steps} warmup steps then cosine to 0.1x over max_steps (sized per model from a
   {args.calibrate_seconds:g}s calibration run: mdm {mdm["max_steps"]}, ar {ar["max_steps"]}); budget
   {args.minutes:g} min of training each (`TrainConfig.time_budget`; evaluation not counted).

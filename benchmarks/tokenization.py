@@ -69,6 +69,7 @@ from common import (
     add_set_arg,
     add_worker_args,
     barrier,
+    optimizer_label,
     progress_line,
     provenance,
     publish,
@@ -298,7 +299,7 @@ wall-clock training ({args.minutes:g} min each; the mdm and ar models of a token
 in two processes with {args.threads} thread each, bytes first, then BPE).
 
 - model: d_model {args.d_model}, {args.n_layer} layers, {args.n_head} heads; seq_len {args.seq_len} tokens, batch
-  {args.batch_size}, AdamW peak LR {args.lr:g}, {args.warmup_steps} warmup steps, cosine decay following the time
+  {args.batch_size}, {optimizer_label(args.overrides)} peak LR {args.lr:g}, {args.warmup_steps} warmup steps, cosine decay following the time
   budget (`lr_clock=time`). No early stop; validation every {args.eval_interval} steps keeps the best (RUN/best).
 - data: {r0['val_chars']:,} held-out characters (~{VAL_FRACTION:.0%} of the poems, EOS counted as one character).
   Validation on RUN/best, windows tiling the held-out split ({", ".join(f"{n} {r['eval_windows']}" for n, r in results.items())});

@@ -160,6 +160,7 @@ def main() -> None:
         t = replace(base.train, max_steps=args.warmup + args.steps, time_budget=None, log_interval=LOG_INTERVAL,
                     eval_interval=0, ckpt_interval=0, eval_batches=1, samples=0, progress=False,
                     random_length_prob=0.0,  # the plain loop has no random-length cut: keep batches identical
+                    optimizer="adamw",  # the plain loop's: the comparison is of the loops, not of optimizers
                     device="cpu", dtype=args.dtype, compile=args.compile)
         cfg = RunConfig(model=model_cfg, train=t)
         tokens = TokenData(data_dir, "train")

@@ -131,6 +131,34 @@ def test_cache_refresh_makes_every_nth_step_exact(mode):
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cache_full_every_keeps_full_passes_at_every_nth_block(mode):
+    # 4 blocks of 2 steps, a full pass at blocks 0 and 2 only: steps 0 and 4 are exact, the others
+    # (blocks 1 and 3 start with a window over the previous block and their own) are cached.
+    cfg = SampleConfig(gen_length=16, steps=8, block_length=4, cache=mode, cache_full_every=2, early_stop=False)
+    assert _full_steps_exact(_model(), [1, 2, 3, 4], cfg, full=4) > 0
+    with pytest.raises(RemaskError, match="cache-full-every must be >= 1"):
+        SampleConfig(cache=mode, cache_full_every=0)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_window_refresh_rewrites_the_previous_block(mode):
+    # One layer: a column's keys/values depend on its own token only, so a window over the previous
+    # block and this one leaves nothing stale and the run equals the uncached one. Without the
+    # previous block in the window, its last commits would still be cached as masks.
+    model, prompts = _model(n_layer=1), [[1, 2, 3, 4], [5, 6]]
+    base = dict(gen_length=16, steps=16, block_length=4, early_stop=False)
+    ref, ref_events = _run(model, prompts, SampleConfig(**base))
+    got, got_events = _run(model, prompts, SampleConfig(**base, cache=mode, cache_full_every=10))
+    assert torch.equal(got, ref)
+    for a, b in zip(got_events, ref_events):
+        torch.testing.assert_close(a.confidence, b.confidence, atol=1e-5, rtol=1e-5)
+    # early exit reads the whole suffix at a block's start; a window does not reach it, so it waits
+    out = generate(model, prompts, SampleConfig(**{**base, "early_stop": True}, cache=mode, cache_full_every=2),
+                   mask_id=MASK, eos_id=EOS)
+    assert not (out.tokens == MASK).any()
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
 @pytest.mark.parametrize("block_length", [16, 4])
 def test_one_layer_caches_are_exact(mode, block_length):
     # With one layer a column's keys/values depend on its own token only. The prefix cache holds

@@ -45,8 +45,9 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, text_corpus):
     assert torch.equal(a(x), b(x))
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, text_corpus):
-    cfg = tiny_cfg(max_steps=6)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, text_corpus, optimizer):
+    cfg = tiny_cfg(max_steps=6, optimizer=optimizer)
     train(cfg, tmp_path / "full", data=text_corpus)
 
     def stop_at_3(step, loss):

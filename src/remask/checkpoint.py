@@ -5,7 +5,7 @@
       config.json             {"format": "remask-checkpoint", "version", "model": {...}, "train": {...}}
       tokenizer_config.json   the tokenizer (+ tokenizer.json for BPE / Hugging Face ones)
       train_state.json        step, elapsed time, data location, metrics of the last eval
-      optimizer.safetensors   AdamW moments, param groups in the metadata (training only)
+      optimizer.safetensors   AdamW moments and Muon momenta, param groups in the metadata (training only)
 
 A run directory holds its latest checkpoint in ``RUN/checkpoint``, or, when it keeps several
 (``--train.keep K``), in ``RUN/checkpoints/step-NNNNNN`` with ``RUN/latest`` (one line, written

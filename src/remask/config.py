@@ -93,7 +93,12 @@ class TrainConfig:
     lr_clock: Literal["steps", "time"] = option(
         "what the LR schedule follows after warmup: steps (reproducible), or, when a time budget is set, "
         "whichever of steps and budget runs out first (the decay completes on a slow machine too)", "steps")
-    weight_decay: float = option("AdamW decay on matrices (not on norms or embeddings)", 0.1)
+    optimizer: Literal["adamw", "muon"] = option(
+        "adamw, or muon: Muon (orthogonalised momentum, torch.optim.Muon) for the blocks' weight matrices and "
+        "AdamW for the embedding, output head and norms, at the same LR (Muon's updates scaled to AdamW's RMS)",
+        "adamw")
+    muon_momentum: float = option("Muon's (Nesterov) momentum", 0.95)
+    weight_decay: float = option("decoupled weight decay on matrices (not on norms or embeddings)", 0.1)
     beta1: float = option("AdamW beta1", 0.9)
     beta2: float = option("AdamW beta2", 0.95)
     grad_clip: float = option("clip the global gradient norm to this (0: off)", 1.0)
@@ -155,6 +160,10 @@ class TrainConfig:
         check(self.time_budget is None or self.time_budget > 0, "train.time_budget must be positive seconds")
         check(self.objective in ("mdm", "ar", "sft"), f"train.objective must be mdm, ar or sft, got {self.objective!r}")
         check(self.parallel in ("ddp", "fsdp"), f"train.parallel must be ddp or fsdp, got {self.parallel!r}")
+        check(self.optimizer in ("adamw", "muon"), f"train.optimizer must be adamw or muon, got {self.optimizer!r}")
+        check(0 <= self.muon_momentum < 1, f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        check(not (self.optimizer == "muon" and self.parallel == "fsdp"),
+              "train.optimizer=muon orthogonalises whole matrices, which FSDP shards; use train.parallel=ddp or adamw")
         check(self.t_sampling in ("iid", "stratified", "antithetic"),
               f"train.t_sampling must be iid, stratified or antithetic, got {self.t_sampling!r}")
         check(self.loss_weight in ("elbo", "flat"), f"train.loss_weight must be elbo or flat, got {self.loss_weight!r}")
@@ -195,15 +204,17 @@ def preset_small() -> RunConfig:
 
     The recipe is benchmarks/recipe.py's (BENCHMARKS.md, "Training recipe"): bf16 autocast where the
     CPU multiplies bf16 natively (``dtype`` auto) and compiled blocks, which together train 1.6x the
-    tokens per second, and stratified t. LLaDA's objective is unchanged. d_model 128 trains 1.4x the
-    tokens per second of d_model 192 and ends lower (1.940 vs 2.052 nats/byte, BENCHMARKS.md,
-    "Default run"); 3500 steps fit the 270 s budget with room, so steps, not the clock, end the run
-    and ``--seed`` reproduces it.
+    tokens per second, stratified t, and Muon for the blocks' matrices. LLaDA's objective is
+    unchanged. d_model 128 trains 1.4x the tokens per second of d_model 192 and ends lower. Muon
+    costs a third of the tokens per second at this size (its Newton-Schulz iterations on 28 small
+    matrices per step) and still ends far lower: 2000 steps reach 1.826 nats/byte where AdamW's
+    3500 reached 1.940 in more time (BENCHMARKS.md, "Default run"). 2000 steps take ~205 s of the
+    270 s budget, so steps, not the clock, end the run and ``--seed`` reproduces it.
     """
     return RunConfig(
         model=ModelConfig(d_model=128, n_layer=4, n_head=4, max_seq_len=256),
-        train=TrainConfig(batch_size=16, seq_len=128, max_steps=3500, time_budget=270.0, lr_clock="time", lr=3e-3,
-                          warmup_steps=50, compile=True, t_sampling="stratified",
+        train=TrainConfig(batch_size=16, seq_len=128, max_steps=2000, time_budget=270.0, lr_clock="time", lr=3e-3,
+                          warmup_steps=50, compile=True, t_sampling="stratified", optimizer="muon",
                           eval_interval=500, eval_batches=8, ckpt_interval=500),
     )
 

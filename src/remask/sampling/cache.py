@@ -12,9 +12,14 @@ what the approximate caches of Fast-dLLM (Wu et al. 2025, section 3.2) exploit:
 * ``dual``: the later steps run only the block itself, against the stored prefix *and* suffix.
 
 The first step of every block is a full forward pass in every mode, so it is exact; the
-stored entries are refreshed there. ``SampleConfig.cache_refresh = N`` also refreshes them every
-N steps inside a block: an answer that is one long block (a Sudoku grid) otherwise keeps the
-prompt's entries from its first, all-masked step to the end. Classifier-free guidance runs the doubled batch
+stored entries are refreshed there. ``SampleConfig.cache_full_every = N`` keeps that full pass
+for every N-th block only: the other blocks start with a pass over the previous block and their
+own, which rewrites the finished block's entries (last computed while some of it was still
+masked) and keeps the prompt's and the suffix's. At long generations the full passes are half
+of a dual cache's work (gen_length 1024 in blocks of 32: 32 passes over 1056 columns against
+1024 over 32). ``SampleConfig.cache_refresh = N`` also refreshes them every N steps inside a
+block: an answer that is one long block (a Sudoku grid) otherwise keeps the prompt's entries
+from its first, all-masked step to the end. Classifier-free guidance runs the doubled batch
 [conditional; unconditional] through one cache. bf16 autocast wraps the forward only; the
 sampler's arithmetic stays in float32/float64.
 """
@@ -70,15 +75,17 @@ class BlockForward:
         self.autocast = autocast(device, dtype)
         self.cache: Any = None
 
-    def __call__(self, x: Tensor, start: int, end: int, first: bool) -> tuple[Tensor, int]:
+    def __call__(self, x: Tensor, start: int, end: int, first: bool, since: int | None = None) -> tuple[Tensor, int]:
+        """first: a full pass (a refresh). since: a block's first step without one (``cache_full_every``):
+        the window also covers columns since.. (the previous block), so their entries are refreshed."""
         L = x.shape[1]  # x: (B, L) the whole canvas
         cached: dict[str, Any] = {}
-        lo, hi = 0, L  # no cache, or a block's first step: the whole canvas
+        lo, hi = 0, L  # no cache, or a refresh: the whole canvas
         if self.mode != "none":
             if self.cache is None:  # one cache for the run (the doubled batch under CFG)
                 self.cache = self.model.new_cache(L)  # type: ignore[attr-defined]
             if not first:  # later steps: the block (dual) or the block and everything after it (prefix)
-                lo, hi = start, (L if self.mode == "prefix" else end)
+                lo, hi = (start if since is None else since), (L if self.mode == "prefix" else end)
             cached = {"cache": self.cache, "start": lo}
         with self.autocast:
             logits = guided_logits(self.run, x[:, lo:hi], self.attn, self.prompt_mask[:, lo:hi], self.mask_id,

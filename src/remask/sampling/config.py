@@ -73,6 +73,10 @@ class SampleConfig(DecodeConfig):
                         choices=CACHE_MODES)
     cache_refresh: int = option("with a cache: also recompute the whole canvas every this many steps of a block "
                                 "(0: only at each block's first step, as Fast-dLLM)", 0)
+    cache_full_every: int = option("with a cache: only every this-many-th block starts with a pass over the whole "
+                                   "canvas; the others start with one over the previous block and their own, which "
+                                   "refreshes the finished block's keys and values and keeps the rest's (1: every "
+                                   "block, as Fast-dLLM)", 1)
     dtype: str = option("forward-pass precision: auto (bf16 on CUDA), float32 or bfloat16", "auto", choices=DTYPES)
     compile: bool = option("torch.compile the model's forward pass (pays off on GPU for repeated calls)", False)
     remask_committed: int = option("ReMDM-style re-masking: at most this many tokens committed earlier in the block "
@@ -114,6 +118,8 @@ class SampleConfig(DecodeConfig):
         check(self.dtype in DTYPES, f"--dtype {self.dtype!r} must be one of: {', '.join(DTYPES)}")
         check(self.cache_refresh >= 0, f"--cache-refresh must be >= 0 (0: refresh only at block starts), "
                                        f"got {self.cache_refresh}")
+        check(self.cache_full_every >= 1, f"--cache-full-every must be >= 1 (1: a full pass at every block's start), "
+                                          f"got {self.cache_full_every}")
         check(self.remask_committed >= 0, f"--remask-committed must be >= 0 (0 turns re-masking off), "
                                           f"got {self.remask_committed}")
         check(0 < self.remask_below <= 1, f"--remask-below must be in (0, 1] (confidences are probabilities), "

@@ -191,12 +191,15 @@ def denoise(
         for i in range(run.planned[b]):
             if run.adaptive and i > 0 and not bool(run.masked[:, start:end].any()):
                 break  # threshold filled the block early; its remaining steps are not needed
-            refresh = i == 0 or (cfg.cache_refresh > 0 and i % cfg.cache_refresh == 0)  # a full, exact pass
-            logits, offset = run.forward(run.x, start, end, first=refresh)  # (B, W, V) covering [start, end)
+            # a full, exact pass: every N-th block's first step, and every cache_refresh-th step inside a block
+            refresh = b % cfg.cache_full_every == 0 if i == 0 else cfg.cache_refresh > 0 and i % cfg.cache_refresh == 0
+            since = run.blocks[b - 1][0] if i == 0 and not refresh else None  # else: refresh the previous block
+            logits, offset = run.forward(run.x, start, end, first=refresh, since=since)  # (B, W, V) over [start, end)
             run.n_forward += run.passes
             logits = logits.index_fill(-1, run.banned_ids, NEG_INF)
             committed = torch.zeros_like(run.masked)  # (B, L)
-            exited = cfg.early_stop and b > 0 and i == 0
+            reaches_end = offset + logits.shape[1] == run.x.shape[1]  # early exit (b) reads every column after start
+            exited = cfg.early_stop and b > 0 and i == 0 and reaches_end
             if exited:  # (b) EOS just before the block and predicted for every masked column from here on
                 committed = _rest_predicted_eos(run, logits[:, start - offset:], start)  # (B, L)
                 exited = bool(committed.any())  # once per block
