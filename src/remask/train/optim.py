@@ -24,14 +24,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
             no_decay.append(p)
         else:
             (head if "lm_head" in name else hidden).append(p)
-    adamw_groups = [{"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        adamw_groups.insert(0, {"params": hidden + head, "weight_decay": cfg.weight_decay})
-    elif head:
-        adamw_groups.insert(0, {"params": head, "weight_decay": cfg.weight_decay})
+    use_muon = cfg.optimizer == "muon"
+    groups = [{"params": head if use_muon else hidden + head, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
     fused = next(model.parameters()).device.type == "cuda"
-    adamw = torch.optim.AdamW(adamw_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
-    if cfg.optimizer == "adamw":
+    adamw = torch.optim.AdamW([g for g in groups if g["params"]],  # a tied head leaves Muon's AdamW no decayed group
+                              lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    if not use_muon:
         return adamw
     # "match_rms_adamw" scales each matrix's update to AdamW's RMS (Moonlight, arXiv 2502.16982),
     # so Muon takes the same peak LR and weight decay as AdamW and one schedule drives both.
