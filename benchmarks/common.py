@@ -114,20 +114,27 @@ def add_set_arg(ap: argparse.ArgumentParser) -> None:
                     help="override a config field of every model (repeatable), as `remask train --SECTION.FIELD`")
 
 
+def set_pairs(overrides: Sequence[str]) -> dict[str, str]:
+    """--set SECTION.FIELD=VALUE flags -> {field: value} (a later --set of the same field wins)."""
+    bad = next((o for o in overrides if "=" not in o), None)
+    if bad is not None:
+        raise SystemExit(f"error: --set expects SECTION.FIELD=VALUE, got {bad!r}")
+    return dict(o.split("=", 1) for o in overrides)
+
+
 def with_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
     """``cfg`` with the --set overrides applied (one-line error for a malformed or unknown one)."""
     from remask.config import apply_overrides
 
-    bad = next((o for o in overrides if "=" not in o), None)
-    if bad is not None:
-        raise SystemExit(f"error: --set expects SECTION.FIELD=VALUE, got {bad!r}")
-    pairs = dict(o.split("=", 1) for o in overrides)  # a later --set of the same field wins
+    pairs = set_pairs(overrides)
     return apply_overrides(cfg, pairs) if pairs else cfg
 
 
 def optimizer_label(overrides: Sequence[str]) -> str:
-    """How a report names the optimizer the --set overrides chose (TrainConfig's default: AdamW)."""
-    chosen = dict(o.split("=", 1) for o in overrides if "=" in o).get("train.optimizer", "adamw")
+    """How a report names the optimizer the --set overrides chose (TrainConfig's default otherwise)."""
+    from remask.config import TrainConfig
+
+    chosen = set_pairs(overrides).get("train.optimizer", TrainConfig().optimizer)
     return "Muon (AdamW for embeddings, head, norms)" if chosen == "muon" else "AdamW"
 
 
