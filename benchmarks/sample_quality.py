@@ -69,6 +69,16 @@ def story_of(ids: list[int], eos_id: int) -> list[int]:
     return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
+def unpadded(ids: list[int], eos_id: int) -> list[int]:
+    """``ids`` without EOS padding: cut after the first EOS when only EOS follow it (a model that ends its
+    story pads the canvas with EOS, which is not text to score); unchanged when text follows the EOS (a
+    model trained on packed documents starts the next one)."""
+    if eos_id not in ids:
+        return ids
+    end = ids.index(eos_id) + 1
+    return ids[:end] if all(t == eos_id for t in ids[end:]) else ids
+
+
 def whole_sentence(text: str) -> bool:
     """``text`` (a story up to its EOS) ends with a whole sentence."""
     return bool(SENTENCE_END.search(text.rstrip()))
@@ -92,12 +102,17 @@ class Quality:
     together: list[bool] = field(default_factory=list)  # per generated token: a neighbour shares its pass
     bigrams: list[float] = field(default_factory=list)  # per sample
     endings: list[bool] = field(default_factory=list)  # per sample
+    story_tokens: list[float] = field(default_factory=list)  # per sample: tokens before the first EOS
+    ended: list[float] = field(default_factory=list)  # per sample: 1.0 if it has an EOS
     entropy: list[float] = field(default_factory=list)  # per sample
     pairs: int = 0  # adjacent generated pairs
     same_pass: int = 0  # ... decided by one forward pass
 
-    def add(self, nll: list[float], steps: list[int], ids: list[int], story: str) -> None:
+    def add(self, nll: list[float], steps: list[int], ids: list[int], story: str, eos_id: int | None = None) -> None:
         """One sample: its tokens' judge NLL, commit passes and ids, and its text up to the first EOS."""
+        if eos_id is not None:
+            self.story_tokens.append(float(len(story_of(ids, eos_id))))
+            self.ended.append(float(eos_id in ids))
         self.nll += nll
         self.pairs += len(steps) - 1
         self.same_pass += sum(a == b for a, b in itertools.pairwise(steps))
@@ -114,6 +129,7 @@ class Quality:
 
         return {"ppl": math.exp(mean(self.nll)),
                 "bigrams": mean(self.bigrams), "endings": mean([float(e) for e in self.endings]),
-                "entropy": mean(self.entropy), "same_pass": self.same_pass / max(self.pairs, 1),
+                "entropy": mean(self.entropy), "story_tokens": mean(self.story_tokens), "ended": mean(self.ended),
+                "same_pass": self.same_pass / max(self.pairs, 1),
                 "nll_together": mean([x for x, t in zip(self.nll, self.together) if t]),
                 "nll_alone": mean([x for x, t in zip(self.nll, self.together) if not t])}

@@ -25,9 +25,9 @@
    included, sees the same canvas). ``--train-only`` trains and keeps the checkpoints in
    ``--work-dir`` for a later ``--ckpt/--judge`` run.
 3. For each gen length and batch size (``--batches``: 1 = one prompt at a time, what one chat
-   user feels; B = one batch of B prompts), temperature 0, early exit off: the LLaDA reference
+   user feels; B = one batch of B prompts), temperature 0, early exit off (but in "+ early exit" settings): the LLaDA reference
    (low_confidence, steps = gen_length, block 32, no cache) against every other setting of
-   ``CONFIGS``. CPU time per configuration gives tokens/s; speedups are ratios to the reference
+   ``CONFIGS`` (sampling_settings.py). CPU time per configuration gives tokens/s; speedups are ratios to the reference
    measured in the same run.
 4. Quality (sample_quality.py): perplexity of each continuation under the AR judge, distinct word
    bigrams (repetition), whole-sentence endings of the story, and how often neighbours were
@@ -65,67 +65,14 @@ from common import (
     write_atomic,
 )
 from remask.config import ModelConfig, RunConfig, TrainConfig
-from sample_quality import Quality, commit_steps, judge_nll, story_of
+from sample_quality import Quality, commit_steps, judge_nll, story_of, unpadded
+from sampling_settings import CONFIGS, RULE_ONLY, TASK_CONFIGS
 
 BLOCK = 32
 CORPORA = ("shakespeare", "tinystories")
 VAL_FRACTION = 0.1  # held out by prepare's hash split (per story for tinystories)
 CENSUS = (0.9, 0.7, 0.5)  # confidence levels of the "how sure is the model" census
 EVAL_INTERVAL = 250  # training steps between validations (the judge is the AR's best, RUN/best)
-DUAL = {"cache": "dual"}
-CONFIGS: list[tuple[str, dict[str, Any]]] = [
-    ("reference (LLaDA)", {}),
-    ("margin", {"remasking": "margin"}),
-    ("entropy", {"remasking": "entropy"}),
-    ("random", {"remasking": "random"}),
-    ("threshold 0.9", {"remasking": "threshold", "threshold": 0.9}),
-    ("threshold 0.5", {"remasking": "threshold", "threshold": 0.5}),
-    ("factor 1", {"remasking": "factor", "factor": 1.0}),
-    ("factor 3", {"remasking": "factor", "factor": 3.0}),
-    ("hierarchy (0.9, low 0.4)", {"remasking": "hierarchy"}),
-    ("hierarchy (0.9, low 0.1)", {"remasking": "hierarchy", "low_threshold": 0.1}),
-    ("credit 0.7 + threshold 0.9", {"remasking": "threshold", "credit": 0.7}),
-    ("prefix cache", {"cache": "prefix"}),
-    ("dual cache", DUAL),
-    ("prefix cache + threshold 0.9", {"cache": "prefix", "remasking": "threshold", "threshold": 0.9}),
-    # A small model is rarely 90% sure: lower thresholds show the speed/quality trade-off.
-    *[(f"dual cache + threshold {tau}", {**DUAL, "remasking": "threshold", "threshold": tau}) for tau in (0.9, 0.7, 0.5, 0.3)],
-    *[(f"dual cache + factor {f:g}", {**DUAL, "remasking": "factor", "factor": f}) for f in (1.0, 2.0, 3.0, 5.0)],
-    ("dual cache + hierarchy (0.9, low 0.4)", {**DUAL, "remasking": "hierarchy"}),
-    ("dual cache + hierarchy (0.9, low 0.1)", {**DUAL, "remasking": "hierarchy", "low_threshold": 0.1}),
-    ("dual cache + hierarchy (0.7, low 0.1)", {**DUAL, "remasking": "hierarchy", "threshold": 0.7, "low_threshold": 0.1}),
-    ("dual cache + credit 0.7 + threshold 0.9", {**DUAL, "remasking": "threshold", "credit": 0.7}),
-    ("dual cache + credit 0.7 + threshold 0.5", {**DUAL, "remasking": "threshold", "threshold": 0.5, "credit": 0.7}),
-    ("dual cache + credit 0.7 + factor 3", {**DUAL, "remasking": "factor", "factor": 3.0, "credit": 0.7}),
-    ("dual cache, refresh every 8 steps", {**DUAL, "cache_refresh": 8}),
-    # A full pass at every N-th block start only; the others refresh just the block before (cache_full_every).
-    *[(f"dual cache, full pass every {n} blocks", {**DUAL, "cache_full_every": n}) for n in (4, 16)],
-    *[(f"dual cache + hierarchy (0.7, low 0.1), full every {n}", {**DUAL, "remasking": "hierarchy", "threshold": 0.7,
-                                                                  "low_threshold": 0.1, "cache_full_every": n})
-      for n in (4, 16)],
-    ("dual cache + credit 0.7 + threshold 0.5, full every 4", {**DUAL, "remasking": "threshold", "threshold": 0.5,
-                                                               "credit": 0.7, "cache_full_every": 4}),
-    ("ReMDM re-masking (k 1, below 0.5)", {"remask_committed": 1, "remask_below": 0.5}),
-]
-# The Sudoku task model (planning.py --work-dir DIR keeps it as DIR/mdm-sudoku): the answer is one
-# block of 16 digits + end of turn + EOS, so the caches hold the prompt and the threshold rule may
-# commit several cells per step. Reference: planning.py's decoding (low_confidence, one cell per step).
-TASK_CONFIGS: list[tuple[str, dict[str, Any]]] = [
-    ("reference (LLaDA)", {}),
-    ("margin", {"remasking": "margin"}),
-    ("entropy", {"remasking": "entropy"}),
-    ("random", {"remasking": "random"}),
-    *[(f"threshold {tau}", {"remasking": "threshold", "threshold": tau}) for tau in (0.99, 0.95, 0.9, 0.7, 0.5)],
-    ("prefix cache", {"cache": "prefix"}),
-    ("dual cache + threshold 0.99", {"cache": "dual", "remasking": "threshold", "threshold": 0.99}),
-    ("dual cache + threshold 0.9", {"cache": "dual", "remasking": "threshold", "threshold": 0.9}),
-    ("prefix cache, refresh every 3 steps", {"cache": "prefix", "cache_refresh": 3}),
-    ("dual cache + threshold 0.99, refresh every 2", {"cache": "dual", "cache_refresh": 2, "remasking": "threshold",
-                                                      "threshold": 0.99}),
-    ("ReMDM re-masking (k 1, below 0.5)", {"remask_committed": 1, "remask_below": 0.5}),
-]
-# Same cost as the reference: skipped at 1024 unless --rules-at-1024.
-RULE_ONLY = {"margin", "entropy", "random", "ReMDM re-masking (k 1, below 0.5)"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -243,8 +190,8 @@ def run_setting(model: Any, judge: Any, tok: Any, pairs: list[tuple[list[int], l
     """Generate after every prompt (one at a time, or all as one batch) -> speed and quality figures."""
     from remask.sampling import SampleConfig, generate
 
-    cfg = SampleConfig(gen_length=gen, steps=gen, block_length=BLOCK, temperature=0.0, early_stop=False,
-                       dtype=args.dtype, compile=args.compile, **overrides)
+    cfg = SampleConfig(**{"gen_length": gen, "steps": gen, "block_length": BLOCK, "temperature": 0.0,
+                          "early_stop": False, "dtype": args.dtype, "compile": args.compile, **overrides})
     device = next(model.parameters()).device
     groups = [pairs] if batch else [[p] for p in pairs]
     if args.compile:  # compile (and warm up every shape) outside the timed region
@@ -259,9 +206,10 @@ def run_setting(model: Any, judge: Any, tok: Any, pairs: list[tuple[list[int], l
         sure += [e.confidence for e in events]  # (B, L) each: the block's masked candidates, -inf elsewhere
         for r, (prompt, _) in enumerate(group):
             sample = out.tokens[r].tolist()
-            quality.add(judge_nll(judge, prompt + sample, len(prompt)),
-                        commit_steps(events, out.canvas.shape[1] - gen, gen, r), sample,
-                        tok.decode(story_of(sample, tok.eos_id)))
+            scored = unpadded(sample, tok.eos_id)  # a story that ended: its text and EOS, not the padding
+            quality.add(judge_nll(judge, prompt + scored, len(prompt)),
+                        commit_steps(events, out.canvas.shape[1] - gen, gen, r)[:len(scored)], sample,
+                        tok.decode(story_of(sample, tok.eos_id)), tok.eos_id)
             samples.append(tok.decode(sample, skip_special_tokens=True))
     return {"tok_s": len(pairs) * gen / clock.seconds, "wall_tok_s": len(pairs) * gen / clock.wall,
             "seconds": clock.wall, "forwards": forwards / len(groups),
@@ -300,7 +248,7 @@ def real_quality(judge: Any, tok: Any, pairs: list[tuple[list[int], list[int]]])
     quality = Quality()
     for prompt, real in pairs:
         quality.add(judge_nll(judge, prompt + real, len(prompt)), list(range(len(real))), real,
-                    tok.decode(story_of(real, tok.eos_id)))
+                    tok.decode(story_of(real, tok.eos_id)), tok.eos_id)
     return quality.figures()
 
 

@@ -38,11 +38,19 @@ def frontier(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def story(r: dict[str, Any]) -> list[str]:
+    """The share of samples that ended (an EOS) and their mean tokens before it (n/a: runs saved before these)."""
+    if math.isnan(r.get("ended", math.nan)):
+        return ["n/a", "n/a"]
+    return [f"{r['ended']:.2f}", f"{r['story_tokens']:.0f}"]
+
+
 def run_section(run: dict[str, Any]) -> str:
     gen, rows, real = run["gen"], run["rows"], run["real"]
     ref = rows[0]
     headers = ["setting", "tokens/s", "speedup", "passes", "tokens/pass", "judge ppl", "ppl / ref",
-               "distinct bigrams", "whole-sentence endings", "neighbours in one pass", "NLL together / alone"]
+               "distinct bigrams", "whole-sentence endings", "ended", "story tokens", "neighbours in one pass",
+               "NLL together / alone"]
     body = []
     for r in rows:
         pair = (f"{r['nll_together']:.2f} / {r['nll_alone']:.2f}" if not math.isnan(r["nll_together"])
@@ -50,9 +58,9 @@ def run_section(run: dict[str, Any]) -> str:
         body.append([r["name"] + (" ✓" if within(r, ref, run["prompts"]) else ""), f"{r['tok_s']:,.1f}",
                      f"{r['tok_s'] / ref['tok_s']:.2f}x", f"{r['forwards']:.0f}", f"{r['tokens_per_pass']:.2f}",
                      f"{r['ppl']:.2f}", ratio(r["ppl"], ref["ppl"]), f"{r['bigrams']:.3f}", f"{r['endings']:.2f}",
-                     f"{r['same_pass']:.2f}", pair])
+                     *story(r), f"{r['same_pass']:.2f}", pair])
     body.append(["real continuation (judge scale)", "", "", "", "", f"{real['ppl']:.2f}", ratio(real["ppl"], ref["ppl"]),
-                 f"{real['bigrams']:.3f}", f"{real['endings']:.2f}", "", ""])
+                 f"{real['bigrams']:.3f}", f"{real['endings']:.2f}", *story(real), "", ""])
     fastest = max(rows, key=lambda r: r["tok_s"])
     best = max((r for r in rows if within(r, ref, run["prompts"])), key=lambda r: r["tok_s"])  # ref is within
     who = "one prompt at a time (batch 1)" if run["batch"] == 1 else f"one batch of {run['batch']} prompts"
@@ -95,7 +103,7 @@ dual K/V caches, and caches + parallel rules. {m['note']}
 - AR judge: {m['judge']}
 - data: {m['data']}
 - decoding: prompts of {m['prompt_length']} tokens from the held-out split ({m['prompt_source']}),
-  temperature 0, early exit off. tokens/s = generated tokens / seconds of `generate`: on CPU the
+  temperature 0, early exit off (but in settings named "+ early exit"). tokens/s = generated tokens / seconds of `generate`: on CPU the
   process's CPU seconds (one thread, so what an idle core gives; the shared machine's load makes
   wall time swing), on GPU wall seconds after synchronising. speedup = tokens/s / the reference's,
   same run. Passes are forward passes per `generate` call (a batch shares them); tokens/pass =
@@ -103,7 +111,8 @@ dual K/V caches, and caches + parallel rules. {m['note']}
 - quality (see sample_quality.py): judge ppl = exp(mean NLL per generated token) under the AR
   judge; distinct bigrams = distinct / all word bigrams of a sample, averaged (repetition lowers
   it); whole-sentence endings = share of samples whose text up to the first EOS (the story's end)
-  ends with . ! or ?; neighbours in one pass = share of adjacent generated tokens committed by the
+  ends with . ! or ?; ended = share of samples with an EOS, story tokens = their mean tokens before
+  the first EOS (EOS padding after a story's end is not scored by the judge); neighbours in one pass = share of adjacent generated tokens committed by the
   same forward pass; NLL together / alone = the judge's mean NLL of tokens committed in the same
   pass as a neighbour vs the others. The last row scores the real text after each prompt.
 

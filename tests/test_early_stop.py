@@ -38,7 +38,7 @@ def scripted(monkeypatch) -> Iterator[list[int]]:
 
     figures, calls = iter(SCRIPT), []
 
-    def fake(model, batches, cfg, info):
+    def fake(model, batches, cfg, info, amp=None):
         calls.append(1)
         return next(figures)
 

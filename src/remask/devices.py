@@ -54,7 +54,11 @@ def autocast_dtype(dtype: str, device: torch.device, *, cpu_bf16: bool = False) 
 
 def autocast(device: torch.device, dtype: str, *, cpu_bf16: bool = False) -> contextlib.AbstractContextManager:
     """``torch.autocast`` at ``autocast_dtype(dtype, device, cpu_bf16=)``, or a no-op for float32."""
-    amp = autocast_dtype(dtype, device, cpu_bf16=cpu_bf16)
+    return autocast_to(device, autocast_dtype(dtype, device, cpu_bf16=cpu_bf16))
+
+
+def autocast_to(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` at an already resolved dtype ``amp``, or a no-op for None (float32)."""
     return contextlib.nullcontext() if amp is None else torch.autocast(device_type=device.type, dtype=amp)
 
 

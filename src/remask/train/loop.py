@@ -35,7 +35,7 @@ from remask.checkpoint import Checkpoint, guard_run_dir, load_checkpoint
 from remask.config import RunConfig
 from remask.data.batch import Batch
 from remask.data.tokenizer import load_tokenizer
-from remask.devices import autocast, autocast_dtype, flush_denormals
+from remask.devices import autocast_dtype, autocast_to, flush_denormals
 from remask.errors import RemaskError
 from remask.model import Transformer, build_model
 from remask.objectives import OBJECTIVES, stratify_t
@@ -76,10 +76,10 @@ class TrainResult:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list[tuple[Batch, np.ndarray]], cfg: RunConfig,
-             info: distributed.DistInfo) -> float:
+             info: distributed.DistInfo, amp: torch.dtype | None = None) -> float:
     """Mean per-token loss over fixed validation batches (the ELBO bound, eq. 3, for mdm and sft, with
     LLaDA's eps and weight whatever the training's; exact NLL for ar), with fixed masking noise:
-    ``eval_mc`` draws per window."""
+    ``eval_mc`` draws per window. amp: the training's autocast dtype (None: float32)."""
     t = cfg.train
     loss_fn = OBJECTIVES[t.objective]
     draws = 1 if t.objective == "ar" else t.eval_mc
@@ -96,7 +96,7 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[Batch, np.ndarray]], cf
         batch = batch.to(info.device)
         for d in range(draws):
             noise = keyed_uniform(EVAL_SEED, d, idx, 1 + batch.tokens.shape[1]).to(info.device)
-            with autocast(info.device, t.dtype, cpu_bf16=True):
+            with autocast_to(info.device, amp):
                 contrib = loss_fn(model, batch, noise, mask_id=cfg.model.mask_token_id, eps=VAL_EPS)
             total += weight * torch.stack([contrib.double().sum(), torch.tensor(float(len(idx)), device=info.device)])
     distributed.all_reduce_sum(total, info)
@@ -237,6 +237,7 @@ class _Run:
     source: BatchSource
     val_batches: list[tuple[Batch, np.ndarray]]
     data_dir: str | None  # as train_state.json records it (see rundir.record_data_dir)
+    amp: torch.dtype | None  # autocast dtype of every forward pass (None: float32), resolved once
     saved_step: int | None = None  # step of the checkpoint this run last wrote or resumed from
     clock: SaveClock = field(default_factory=SaveClock)
 
@@ -250,7 +251,7 @@ class _Run:
                 f.write(json.dumps(record) + "\n")
 
     def validate(self, s: LoopState) -> float:
-        loss = evaluate(self.model, self.val_batches, self.cfg, self.info)
+        loss = evaluate(self.model, self.val_batches, self.cfg, self.info, self.amp)
         self.log({"step": s.step, "val_loss": loss, "val_bpb": _bpb(loss, self.source)})
         return loss
 
@@ -276,15 +277,16 @@ def _make_run(cfg: RunConfig, model: Transformer, tok: Any, out_dir: Path, info:
     if source is None:
         source = TokenWindows(data_dir, t.seq_len, t.seed)
     model.train()
+    amp = autocast_dtype(t.dtype, info.device, cpu_bf16=True)  # training: bf16 on a CPU with native bf16 matmuls
     ddp_model = distributed.parallelize(model, info, compile=t.compile, checkpoint_blocks=t.activation_checkpointing,
-                                        param_dtype=autocast_dtype(t.dtype, info.device, cpu_bf16=True),
-                                        compile_len=_compile_len(t))
+                                        param_dtype=amp, compile_len=_compile_len(t))
     optimizer = build_optimizer(model, t)
     if ck is not None:
         sharded.restore(model, optimizer, ck, info, weights=False)
     val_batches = source.val_batches(t.micro_batch_size, t.eval_batches)
     return _Run(cfg, info, out_dir, model, ddp_model, optimizer, tok, source, val_batches,
-                record_data_dir(data_dir, out_dir), saved_step=None if ck is None else int(ck.train_state.get("step", 0)))
+                record_data_dir(data_dir, out_dir), amp,
+                saved_step=None if ck is None else int(ck.train_state.get("step", 0)))
 
 
 def _compile_len(t: Any) -> int | None:
@@ -386,7 +388,7 @@ def _accumulate(run: _Run, s: LoopState) -> tuple[torch.Tensor, int]:
         noise = stratify_t(noise, idx - s.step * t.batch_size, t.batch_size, seed=t.seed, step=s.step,
                            kind=t.t_sampling).to(info.device)
         sync = j == len(micro) - 1  # DDP all-reduces gradients on the last micro-batch only
-        with distributed.sync_gradients(run.ddp_model, sync), autocast(info.device, t.dtype, cpu_bf16=True):
+        with distributed.sync_gradients(run.ddp_model, sync), autocast_to(info.device, run.amp):
             contrib = loss_fn(run.ddp_model, batch, noise, mask_id=run.cfg.model.mask_token_id, eps=t.mask_eps,
                               weight=t.loss_weight)
             # Sum / GLOBAL batch; DDP and FSDP average over processes, hence the world_size factor.
