@@ -48,6 +48,7 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -326,7 +327,7 @@ def worker(args: argparse.Namespace, steps: dict[str, int]) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20 steps per task")
     ap.add_argument("--steps", type=json.loads, default={}, help='per-task step overrides, e.g. \'{"sudoku": 800}\'')
@@ -343,22 +344,29 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     add_data_arg(ap, "sudoku_countdown/ (the test sets)")
     add_worker_args(ap, "planning")  # --work-dir keeps the checkpoints (DIR/mdm-sudoku: sampling.py --sudoku)
-    args = ap.parse_args()
-    steps = {t: 20 if args.quick else int(args.steps.get(t, spec["steps"])) for t, spec in TASKS.items()}
-    if args.worker:
-        worker(args, steps)
-        return
-    tests_dir = dataset(args.data, SUDOKU_COUNTDOWN)
+    return ap.parse_args()
 
-    t_start = time.perf_counter()
-    tests = load_tests(tests_dir)
+
+def training_data(tests: dict[str, Any], args: argparse.Namespace) -> dict[str, list[dict[str, str]]]:
+    """The generated training records of every task, deduplicated against the test sets."""
     rng = np.random.default_rng(args.seed)
-    data = {
+    return {
         "sudoku": sudoku_train({t["prompt"] for t in tests["sudoku"]}, 20000, rng),
         "grids": [{"prompt": GRID_PROMPT, "response": "".join(map(str, g))} for g in all_grids()],
         "countdown": countdown_train({(tuple(sorted(t["nums"])), t["target"]) for t in tests["countdown"]},
                                      args.countdown_train, rng),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    steps = {t: 20 if args.quick else int(args.steps.get(t, spec["steps"])) for t, spec in TASKS.items()}
+    if args.worker:
+        worker(args, steps)
+        return
+    t_start = time.perf_counter()
+    tests = load_tests(dataset(args.data, SUDOKU_COUNTDOWN))
+    data = training_data(tests, args)
     with work_dir(args.work_dir, "remask-planning-") as work:
         for name, rows in data.items():
             (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -366,7 +374,20 @@ def main() -> None:
         res = run_workers(__file__, work, [*sys.argv[1:], "--work-dir", str(work), "--steps", json.dumps(steps)],
                           logs=False)
     wall = time.perf_counter() - t_start
+    report = report_text(args, res, tests, data, wall)
+    if args.quick:  # a smoke run never overwrites the recorded results
+        print(f"quick run done ({wall:.0f} s); results not written")
+        return
+    if str(args.results) == "-":  # add_worker_args: '-' prints the table only
+        print(f"done ({wall:.0f} s); results not written")
+        return
+    write_atomic(args.results, report)
+    print(f"wrote {args.results} ({wall:.0f} s)")
 
+
+def report_text(args: argparse.Namespace, res: dict[str, Any], tests: dict[str, Any],
+                data: dict[str, list[dict[str, str]]], wall: float) -> str:
+    """The results page: the accuracy table (also printed), the verdicts, the setup and one sample each."""
     how = {"sudoku": "puzzle -> solution; MDM generates, AR greedy",
            "sudoku-grids": "grids only; givens imposed: MDM infill, AR forced left to right",
            "countdown": "numbers:target -> expression; MDM generates, AR greedy"}
@@ -429,14 +450,7 @@ Goal: MDM >= 0.90 on Sudoku and clearly above AR on both tasks.
 First test item per task and model:
 {samples}
 """
-    if args.quick:  # a smoke run never overwrites the recorded results
-        print(f"quick run done ({wall:.0f} s); results not written")
-        return
-    if str(args.results) == "-":  # add_worker_args: '-' prints the table only
-        print(f"done ({wall:.0f} s); results not written")
-        return
-    write_atomic(args.results, report)
-    print(f"wrote {args.results} ({wall:.0f} s)")
+    return report
 
 
 if __name__ == "__main__":

@@ -42,9 +42,11 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("dual cache + credit 0.7 + factor 3", {**DUAL, "remasking": "factor", "factor": 3.0, "credit": 0.7}),
     ("dual cache, refresh every 8 steps", {**DUAL, "cache_refresh": 8}),
     # A full pass at every N-th block start only; the others refresh just the block before (cache_full_every).
-    *[(f"dual cache, full pass every {n} blocks", {**DUAL, "cache_full_every": n}) for n in (4, 16)],
+    *[(f"dual cache, full pass every {n} blocks", {**DUAL, "cache_full_every": n}) for n in (4, 8, 16)],
     *[(f"dual cache + hierarchy (0.7, low 0.1), full every {n}", {**DUAL, **HIERARCHY, "cache_full_every": n})
-      for n in (4, 16)],
+      for n in (4, 8, 16)],
+    ("dual cache + hierarchy (0.5, low 0.1), full every 4", {**DUAL, **HIERARCHY, "threshold": 0.5,
+                                                             "cache_full_every": 4}),
     *[(f"dual cache + threshold {tau}, full every 4", {**DUAL, **threshold(tau), "cache_full_every": 4})
       for tau in (0.9, 0.7)],
     ("dual cache + credit 0.7 + threshold 0.5, full every 4", {**DUAL, **threshold(0.5), "credit": 0.7,

@@ -15,11 +15,14 @@ A model pre-trained on packed stories starts a new story after an EOS, so it nev
 story ends and its canvas stays text to the last column. ``finetune_stories`` (the command below)
 fine-tunes it the way LLaDA's SFT teaches an answer to stop: each training story becomes an
 example whose first ``--prompt-length`` tokens are the prompt (never masked) and whose rest, its
-EOS and the EOS padding to the batch's longest story are the answer. The sampling benchmark then
-prompts it with the starts of held-out stories, as in training::
+EOS and the EOS padding (to the batch's longest story, or with ``--pad-to`` to a random longer
+length) are the answer. sampling.py's prompts are the starts of held-out stories, as in training.
+A model that ends its stories would let parallel rules commit the EOS tail at once, as LLaDA-8B's
+answers let Fast-dLLM; on the 2.6M-parameter model it did not work (BENCHMARKS.md, "A story model
+that stops"): at gen_length 1024 every decoder ends the story within a few tokens::
 
     python benchmarks/tinystories.py --ckpt runs/sampling-tinystories/mdm2/run \
-        --work-dir runs/sampling-tinystories --seconds 1200 --threads 2   # -> WORK/sft/run
+        --work-dir runs/sampling-tinystories --seconds 300 --lr 1e-3 --pad-to 1056   # -> WORK/sft/run
 """
 
 from __future__ import annotations

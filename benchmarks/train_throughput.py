@@ -135,7 +135,7 @@ def run_plain(model_cfg: ModelConfig, t: TrainConfig, data: torch.Tensor, warmup
     return windows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to measure")
     ap.add_argument("--rounds", type=int, default=4, help="A, B pairs per thread count")
@@ -149,9 +149,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.warmup % LOG_INTERVAL or args.steps % LOG_INTERVAL or args.steps <= 0 or args.warmup <= 0:
         ap.error(f"--warmup and --steps must be positive multiples of {LOG_INTERVAL} (the metrics window)")
+    return args
 
+
+def measure(args: argparse.Namespace) -> tuple[list[list[object]], list[list[object]], str]:
+    """``--rounds`` A, B pairs per thread count -> (the summary rows, the per-round rows, the setup line)."""
     base = preset_small()
-    load0 = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="remask-throughput-"))
     try:
         data_dir = corpus_dir(work)
@@ -190,19 +193,26 @@ def main() -> None:
                             f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})",
                             f"{peak / 1e9:.1f}", f"{a_best * flops_tok / 1e9:.1f}", f"{a_best * flops_tok / peak:.1%}",
                             f"{b_best * flops_tok / peak:.1%}"])
-        load = os.getloadavg()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    headers = ["threads", "remask tok/s", "plain tok/s", "ratio", "per-round ratio: median (range)",
-               "fp32 matmul peak GFLOP/s", "remask model GFLOP/s", "remask MFU", "plain MFU"]
-    main_table = table(headers, summary)
-    round_table = table(["threads", "round", "remask tok/s", "plain tok/s", "ratio"], rounds)
     setup = (f"model: preset_small (d_model {model_cfg.d_model}, {model_cfg.n_layer} layers, {model_cfg.n_head} heads, "
              f"vocab {model_cfg.vocab_size}, {n_params:,} parameters); batch {t.batch_size} x seq_len {t.seq_len} "
              f"= {t.batch_size * t.seq_len} tokens/step; {args.dtype}{', compiled per block' if args.compile else ''}; {args.rounds} rounds x ({args.warmup} warmup + "
              f"{args.steps} timed steps) per loop and thread count; model FLOPs/token = 6 N + 12 n_layer L d "
-             f"= {flops_tok / 1e6:.2f} MFLOP; load average (1 min) {load0[0]:.2f} at start, {load[0]:.2f} at end")
+             f"= {flops_tok / 1e6:.2f} MFLOP")
+    return summary, rounds, setup
+
+
+def main() -> None:
+    args = parse_args()
+    load0 = os.getloadavg()
+    summary, rounds, setup = measure(args)
+    load = os.getloadavg()
+    setup += f"; load average (1 min) {load0[0]:.2f} at start, {load[0]:.2f} at end"
+    headers = ["threads", "remask tok/s", "plain tok/s", "ratio", "per-round ratio: median (range)",
+               "fp32 matmul peak GFLOP/s", "remask model GFLOP/s", "remask MFU", "plain MFU"]
+    main_table = table(headers, summary)
+    round_table = table(["threads", "round", "remask tok/s", "plain tok/s", "ratio"], rounds)
     # Other work: load already there at the start, or more at the end than our own threads explain.
     busy = load0[0] > 1.0 or load[0] > max(args.threads) + 1.0
     warning = (f"\n**Warning: the machine was busy with other jobs (1-minute load average {load0[0]:.1f} at start, "
