@@ -52,6 +52,53 @@ def test_cached_window_equals_the_full_forward(causal):
         model(x[:, :4], cache=cache, start=10)
 
 
+def test_slice_select_runs_the_head_on_those_columns_only():
+    model = _model()
+    x = torch.randint(0, 30, (2, 12))
+    attn = torch.ones(2, 12, dtype=torch.bool)
+    attn[1, :2] = False
+    full = model(x, attn_mask=attn)  # (2, 12, V)
+    torch.testing.assert_close(model(x, attn_mask=attn, select=slice(4, 8)), full[:, 4:8])
+    cache = model.new_cache(12)
+    model(x, attn_mask=attn, cache=cache, start=0)
+    torch.testing.assert_close(model(x[:, 6:], attn_mask=attn, cache=cache, start=6, select=slice(0, 3)),
+                               full[:, 6:9])
+
+
+@pytest.mark.parametrize("mode", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("extra", [{}, {"early_stop": True}, {"cfg_scale": 1.0}, {"cache_full_every": 2}])
+def test_block_only_head_generates_what_full_logits_do(mode, extra):
+    # A plain callable hides ``selects_rows``, so BlockForward cuts the block from full logits instead:
+    # the head on the block's columns alone (and, for early exit, from the block to the end) must
+    # change nothing but the cost. EOS is pushed up so that early exit has answers that end.
+    model = _model()
+    with torch.no_grad():
+        model.lm_head.weight[EOS] *= 6.0
+
+    class Plain(nn.Module):  # the same weights, full logits every pass
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *a, **k):
+            return self.inner(*a, **k)
+
+        def new_cache(self, n: int):
+            return self.inner.new_cache(n)
+
+    assert model.selects_rows and not getattr(Plain(model), "selects_rows", False)
+    cfg = SampleConfig(**{"gen_length": 16, "steps": 16, "block_length": 4, "cache": mode, "early_stop": False,
+                          **extra})
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    sliced, ev_sliced = _run(model, prompts, cfg)
+    whole, ev_whole = _run(Plain(model), prompts, cfg)
+    assert torch.equal(sliced, whole)
+    assert [e.n_forward for e in ev_sliced] == [e.n_forward for e in ev_whole]
+    assert [e.early_exit for e in ev_sliced] == [e.early_exit for e in ev_whole]
+    if extra.get("early_stop"):  # the to_end path ran: early exit fired somewhere
+        assert any(e.early_exit for e in ev_sliced)
+
+
 def test_ar_incremental_decoding_equals_the_full_forward():
     model = _model(causal=True)
     x = torch.randint(0, 30, (2, 10))

@@ -187,10 +187,11 @@ class Transformer(nn.Module):
                 p.normal_(0.0, std, generator=gen)
 
     def forward(self, idx: Tensor, attn_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0, select: Tensor | None = None) -> Tensor:
+                cache: KVCache | None = None, start: int = 0, select: Tensor | slice | None = None) -> Tensor:
         """Logits for every position of ``idx`` (B, L, V), or, with ``select``, (N, V) at its N True
         positions in row-major order: training supervises only some positions, and with a large
-        vocabulary (LLaDA-8B: 126,464) the full (B, L, V) logits would dominate memory.
+        vocabulary (LLaDA-8B: 126,464) the full (B, L, V) logits would dominate memory. A ``slice``
+        select keeps those columns, (B, W', V): a denoising step reads only its block's.
 
         idx: (B, L) token ids. attn_mask: optional (B, L) bool, True for real tokens; padded keys
         are hidden from every query. position_ids: optional (B, L) rotary positions; by default
@@ -221,8 +222,10 @@ class Transformer(nn.Module):
         x = self.embed(idx)  # (B, L, d_model)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, self.cfg.causal, None if cache is None else (cache, i, start))
-        if select is not None:
-            x = x[select]  # (N, d_model): RMSNorm and the head act per position, so select first
+        if isinstance(select, slice):
+            x = x[:, select]  # (B, W', d_model): RMSNorm and the head act per position, so select first
+        elif select is not None:
+            x = x[select]  # (N, d_model)
         return self.lm_head(self.norm(x))  # (B, L, V), or (N, V) with select
 
     def new_cache(self, capacity: int) -> KVCache:

@@ -55,10 +55,12 @@ def compiled(model: Any) -> Callable[..., Tensor]:
 
 
 class BlockForward:
-    """One denoising forward pass -> (logits (B, W, V) float32 for columns offset..offset+W-1, offset).
+    """One denoising forward pass -> (logits (B, W, V) float32 for columns start..start+W-1, start).
 
-    The returned columns always cover the current block; a block's first step (and every step
-    without a cache) covers the whole canvas.
+    The pass runs the whole canvas (no cache, or a refresh) or a window of it, but the logits are
+    the block's columns only (with ``to_end``, every column from the block's start on, which early
+    exit reads): a remask Transformer runs its output head on those columns alone (``select``),
+    which at 288 columns is an eighth of a full pass.
     """
 
     def __init__(self, model: Callable[..., Tensor], mode: str, *, attn_mask: Tensor | None, prompt_mask: Tensor,
@@ -74,10 +76,13 @@ class BlockForward:
         device = device if device is not None else prompt_mask.device
         self.autocast = autocast(device, dtype)
         self.cache: Any = None
+        self.selects = bool(getattr(model, "selects_rows", False))  # forward(select=slice) on the block alone
 
-    def __call__(self, x: Tensor, start: int, end: int, first: bool, since: int | None = None) -> tuple[Tensor, int]:
+    def __call__(self, x: Tensor, start: int, end: int, first: bool, since: int | None = None,
+                 to_end: bool = False) -> tuple[Tensor, int]:
         """first: a full pass (a refresh). since: a block's first step without one (``cache_full_every``):
-        the window also covers columns since.. (the previous block), so their entries are refreshed."""
+        the window also covers columns since.. (the previous block), so their entries are refreshed.
+        to_end: logits up to the canvas's last column instead of the block's end (early exit (b))."""
         L = x.shape[1]  # x: (B, L) the whole canvas
         cached: dict[str, Any] = {}
         lo, hi = 0, L  # no cache, or a refresh: the whole canvas
@@ -87,7 +92,10 @@ class BlockForward:
             if not first:  # later steps: the block (dual) or the block and everything after it (prefix)
                 lo, hi = (start if since is None else since), (L if self.mode == "prefix" else end)
             cached = {"cache": self.cache, "start": lo}
+        keep = slice(start - lo, (hi if to_end else end) - lo)  # the block (or from it to the end), in the window
+        if self.selects:
+            cached["select"] = keep
         with self.autocast:
             logits = guided_logits(self.run, x[:, lo:hi], self.attn, self.prompt_mask[:, lo:hi], self.mask_id,
                                    self.cfg_scale, **cached)
-        return logits, lo  # (B, hi - lo, V) float32
+        return (logits if self.selects else logits[:, keep]), start  # (B, W, V) float32

@@ -194,12 +194,12 @@ def denoise(
             # a full, exact pass: every N-th block's first step, and every cache_refresh-th step inside a block
             refresh = b % cfg.cache_full_every == 0 if i == 0 else cfg.cache_refresh > 0 and i % cfg.cache_refresh == 0
             since = run.blocks[b - 1][0] if i == 0 and not refresh else None  # else: refresh the previous block
-            logits, offset = run.forward(run.x, start, end, first=refresh, since=since)  # (B, W, V) over [start, end)
+            tail = cfg.early_stop and b > 0 and i == 0  # early exit (b) reads every column from the block on
+            logits, offset = run.forward(run.x, start, end, first=refresh, since=since, to_end=tail)  # (B, W, V)
             run.n_forward += run.passes
-            logits = logits.index_fill(-1, run.banned_ids, NEG_INF)
+            logits = logits.index_fill(-1, run.banned_ids, NEG_INF)  # columns offset (= start).. of the canvas
             committed = torch.zeros_like(run.masked)  # (B, L)
-            reaches_end = offset + logits.shape[1] == run.x.shape[1]  # early exit (b) reads every column after start
-            exited = cfg.early_stop and b > 0 and i == 0 and reaches_end
+            exited = tail and offset + logits.shape[1] == run.x.shape[1]  # a dual-cache window may stop at the block
             if exited:  # (b) EOS just before the block and predicted for every masked column from here on
                 committed = _rest_predicted_eos(run, logits[:, start - offset:], start)  # (B, L)
                 exited = bool(committed.any())  # once per block
