@@ -407,7 +407,8 @@ def merged(paths: list[Path]) -> dict[str, Any]:
     meta = {**parts[0]["meta"], "commands": [c for p in parts for c in p["meta"]["commands"]] + [command_line()]}
     for p in parts:  # each run keeps its own setup (threads, dtype, compile) and date
         for r in p["runs"]:
-            r.setdefault("setup", f"{p['meta']['machine']}; {p['meta']['date']}")
+            note = f"; {p['meta']['note']}" if p["meta"].get("note") else ""
+            r.setdefault("setup", f"{p['meta']['machine']}; {p['meta']['date']}{note}")
     return {"meta": meta, "runs": [r for p in parts for r in p["runs"]]}
 
 
