@@ -116,8 +116,6 @@ class PaddedStories(SFTBatches):
 
 def finetune_stories(args: argparse.Namespace) -> dict[str, Any]:
     """LLaDA SFT of ``--ckpt`` on story completion -> ``WORK/sft/run`` (its best validation in RUN/best)."""
-    from dataclasses import replace
-
     from remask.checkpoint import read_config, resolve_checkpoint
     from remask.config import RunConfig, TrainConfig
     from remask.data.sft import split_val
@@ -138,9 +136,9 @@ def finetune_stories(args: argparse.Namespace) -> dict[str, Any]:
                     optimizer="muon", eval_interval=50, eval_batches=8, eval_mc=1, early_stop_patience=10**6,
                     ckpt_interval=0, log_interval=5, progress=False, samples=0, dtype="auto", compile=True,
                     t_sampling="stratified")
-    cfg = RunConfig(model=replace(read_config(base).model), train=t)
+    cfg = RunConfig(model=read_config(base).model, train=t)
     res = train(cfg, args.work_dir / "sft" / "run", tokenizer=tok, source=source, init_from=base)
-    out = {**res.to_json(), "seq_len": args.max_len, "batch_size": args.batch_size,
+    out = {**res.to_json(), "seq_len": t.seq_len, "batch_size": args.batch_size,
            "continued_from": f"{args.ckpt} by story-completion SFT ({len(train_ex)} stories, {left_out} left out, "
                              f"lr {args.lr}, {args.buckets} length bucket(s), padded to <= {args.pad_to or 'the longest'})"}
     (args.work_dir / "sft" / "result.json").write_text(json.dumps(out))

@@ -55,7 +55,7 @@ def compiled(model: Any) -> Callable[..., Tensor]:
 
 
 class BlockForward:
-    """One denoising forward pass -> (logits (B, W, V) float32 for columns start..start+W-1, start).
+    """One denoising forward pass -> logits (B, W, V) float32 for the canvas's columns start..start+W-1.
 
     The pass runs the whole canvas (no cache, or a refresh) or a window of it, but the logits are
     the block's columns only (with ``to_end``, every column from the block's start on, which early
@@ -79,7 +79,7 @@ class BlockForward:
         self.selects = bool(getattr(model, "selects_rows", False))  # forward(select=slice) on the block alone
 
     def __call__(self, x: Tensor, start: int, end: int, first: bool, since: int | None = None,
-                 to_end: bool = False) -> tuple[Tensor, int]:
+                 to_end: bool = False) -> Tensor:
         """first: a full pass (a refresh). since: a block's first step without one (``cache_full_every``):
         the window also covers columns since.. (the previous block), so their entries are refreshed.
         to_end: logits up to the canvas's last column instead of the block's end (early exit (b))."""
@@ -98,4 +98,4 @@ class BlockForward:
         with self.autocast:
             logits = guided_logits(self.run, x[:, lo:hi], self.attn, self.prompt_mask[:, lo:hi], self.mask_id,
                                    self.cfg_scale, **cached)
-        return (logits if self.selects else logits[:, keep]), start  # (B, W, V) float32
+        return logits if self.selects else logits[:, keep]  # (B, W, V) float32 from column start on

@@ -195,16 +195,16 @@ def denoise(
             refresh = b % cfg.cache_full_every == 0 if i == 0 else cfg.cache_refresh > 0 and i % cfg.cache_refresh == 0
             since = run.blocks[b - 1][0] if i == 0 and not refresh else None  # else: refresh the previous block
             tail = cfg.early_stop and b > 0 and i == 0  # early exit (b) reads every column from the block on
-            logits, offset = run.forward(run.x, start, end, first=refresh, since=since, to_end=tail)  # (B, W, V)
+            logits = run.forward(run.x, start, end, first=refresh, since=since, to_end=tail)  # (B, W, V) from start
             run.n_forward += run.passes
-            logits = logits.index_fill(-1, run.banned_ids, NEG_INF)  # columns offset (= start).. of the canvas
+            logits = logits.index_fill(-1, run.banned_ids, NEG_INF)
             committed = torch.zeros_like(run.masked)  # (B, L)
-            exited = tail and offset + logits.shape[1] == run.x.shape[1]  # a dual-cache window may stop at the block
+            exited = tail and start + logits.shape[1] == run.x.shape[1]  # a dual-cache window may stop at the block
             if exited:  # (b) EOS just before the block and predicted for every masked column from here on
-                committed = _rest_predicted_eos(run, logits[:, start - offset:], start)  # (B, L)
+                committed = _rest_predicted_eos(run, logits, start)  # (B, L)
                 exited = bool(committed.any())  # once per block
                 run.x, run.masked = torch.where(committed, eos_id, run.x), run.masked & ~committed
-            scores, remasked = _step(run, block, i, logits[:, start - offset:end - offset], committed)
+            scores, remasked = _step(run, block, i, logits[:, :end - start], committed)
             finished = exited and not bool(run.masked.any())
             saved = (run.planned[b] - 1 + sum(run.planned[b + 1:])) * run.passes if finished else 0
             yield StepEvent(step=b * run.steps_per_block + i, block=b, canvas=run.x.clone(), committed=committed,
