@@ -108,11 +108,10 @@ class Quality:
     pairs: int = 0  # adjacent generated pairs
     same_pass: int = 0  # ... decided by one forward pass
 
-    def add(self, nll: list[float], steps: list[int], ids: list[int], story: str, eos_id: int | None = None) -> None:
+    def add(self, nll: list[float], steps: list[int], ids: list[int], story: str, eos_id: int) -> None:
         """One sample: its tokens' judge NLL, commit passes and ids, and its text up to the first EOS."""
-        if eos_id is not None:
-            self.story_tokens.append(float(len(story_of(ids, eos_id))))
-            self.ended.append(float(eos_id in ids))
+        self.story_tokens.append(float(len(story_of(ids, eos_id))))
+        self.ended.append(float(eos_id in ids))
         self.nll += nll
         self.pairs += len(steps) - 1
         self.same_pass += sum(a == b for a, b in itertools.pairwise(steps))
